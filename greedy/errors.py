@@ -1,0 +1,5 @@
+"""The one exception type for bad user input (config, data, checkpoints)."""
+
+
+class UsageError(Exception):
+    """Bad input from the user; the CLI prints the message on one line and exits with code 2."""
