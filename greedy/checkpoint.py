@@ -1,0 +1,165 @@
+"""The run directory: config, metrics, per-stage weights, resumable training state. One format."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from greedy.config import Config, build_config, load_yaml, save_config
+from greedy.errors import UsageError
+
+STATE_DIR = re.compile(r"^state-s(\d+)-e(\d+)$")
+COMPLETE = "COMPLETE"  # written last into a state directory; its absence means an interrupted write
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a weights file, turning any corruption into a one-line UsageError that names the file."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise UsageError(
+            f"checkpoint {path} is corrupt or truncated ({err}); retrain that stage or restore the file"
+        ) from None
+
+
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, strict: bool = True) -> None:
+    try:
+        module.load_state_dict(state, strict=strict)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise UsageError(f"checkpoint {path} does not fit this model ({first})") from None
+
+
+class RunDir:
+    """runs/<name>/: config.yaml, metrics.jsonl, stageN.safetensors, model.safetensors, state-sS-eE/."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # creation and opening
+    @classmethod
+    def create(cls, cfg: Config, default_name: str) -> RunDir:
+        name = cfg.name or f"{default_name}-{cfg.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path = Path(cfg.out_dir) / name
+        if path.exists():
+            raise UsageError(f"run directory {path} already exists; pick another --name or --resume {path}")
+        path.mkdir(parents=True)
+        run = cls(path)
+        save_config(cfg, run.config_path)
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        run = cls(Path(path))
+        if not run.config_path.is_file():
+            raise UsageError(f"{path} is not a run directory (no config.yaml); pass a directory made by train.py")
+        return run
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def load_config(self) -> Config:
+        return build_config(load_yaml(self.config_path))
+
+    # metrics
+    def log(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, stage: int, epoch: int) -> None:
+        """Drop records written after the state we resume from (stage, epoch), so none is duplicated."""
+        keep = [r for r in self.read_metrics() if "epoch" not in r or (r["stage"], r["epoch"]) <= (stage, epoch)]
+        _atomic_write(self.metrics_path, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in keep)))
+
+    # weights of finished stages and of the final model
+    def stage_weights_path(self, name: str) -> Path:
+        return self.path / f"{name}.safetensors"
+
+    def save_weights(self, path: Path, state: dict[str, torch.Tensor]) -> None:
+        _atomic_write(path, lambda p: save_file(state, str(p)))
+
+    def save_summary(self, summary: dict[str, Any]) -> None:
+        _atomic_write(self.path / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+
+    def read_summary(self) -> dict[str, Any]:
+        path = self.path / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    # resumable training state (accelerate's save_state), one per (stage, epoch), written atomically
+    def state_dirs(self) -> list[tuple[int, int, Path]]:
+        found = []
+        for p in self.path.iterdir():
+            m = STATE_DIR.match(p.name)
+            if m and p.is_dir():
+                found.append((int(m[1]), int(m[2]), p))
+        return sorted(found)
+
+    def latest_state(self) -> tuple[int, int, Path] | None:
+        """The newest complete state, or None; an incomplete newest one is a corrupt checkpoint."""
+        states = self.state_dirs()
+        if not states:
+            return None
+        stage, epoch, path = states[-1]
+        if not (path / COMPLETE).exists():
+            raise UsageError(f"checkpoint {path} is incomplete (no {COMPLETE} marker); delete it to resume "
+                             "from the previous epoch")
+        return stage, epoch, path
+
+    def save_state(self, accelerator, stage: int, epoch: int, extra: dict[str, Any]) -> None:
+        """accelerate.save_state into a temporary directory, renamed into place once complete."""
+        final = self.path / f"state-s{stage}-e{epoch}"
+        tmp = self.path / f".tmp-state-s{stage}-e{epoch}"
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / "progress.json").write_text(json.dumps({"stage": stage, "epoch": epoch, **extra}))
+            (tmp / COMPLETE).write_text("")
+            os.replace(tmp, final)
+            for s, e, path in self.state_dirs():
+                if (s, e) != (stage, epoch):
+                    shutil.rmtree(path)
+        accelerator.wait_for_everyone()
+
+    def load_state(self, accelerator, path: Path) -> dict[str, Any]:
+        try:
+            accelerator.load_state(str(path))
+            return json.loads((path / "progress.json").read_text())
+        except (SafetensorError, OSError, RuntimeError, EOFError, ValueError, KeyError) as err:
+            raise UsageError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}); delete it to resume from the "
+                             "stage before") from None
+
+    def drop_states(self, accelerator) -> None:
+        """A finished stage keeps only its weights."""
+        if accelerator.is_main_process:
+            for _, _, path in self.state_dirs():
+                shutil.rmtree(path)
+        accelerator.wait_for_everyone()

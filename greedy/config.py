@@ -1,0 +1,248 @@
+"""The one config schema: YAML file + flat command-line overrides + validation."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from greedy.errors import UsageError
+
+MODES = ("greedy", "e2e", "decoupled")
+DOWNSAMPLE_MODES = ("space_to_depth", "maxpool")
+FINAL_HEADS = ("auxiliary", "vgg")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+TRACKERS = ("none", "wandb")
+CACHE_MODES = ("auto", "on", "off")
+# Datasets whose files must exist on disk unless `download` is set.
+DISK_DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
+
+
+@dataclass
+class Config:
+    """Every knob of a run. Keys are flat so that each one is also a `--key value` flag."""
+
+    # run
+    name: str | None = None  # run directory name under out_dir; default: <config>-<mode>-<time>
+    out_dir: str = "runs"
+    mode: str = "greedy"  # greedy | e2e | decoupled
+    seed: int = 0
+    experiment: str | None = None  # W&B group shared by the runs of one comparison
+    tracker: str = "none"  # none | wandb
+    wandb_project: str = "greedy"
+    no_progress: bool = False
+
+    # data
+    dataset: str = "digits"
+    data_dir: str = "data"
+    download: bool = False
+    img_size: int | None = None  # None: the dataset's native size
+    num_classes: int | None = None  # None: the dataset's
+    augment: str = "none"  # none | crop_flip | imagenet
+    num_workers: int = 0
+    pin_memory: bool = False
+
+    # architecture (data, not code: every shipped model is one of these)
+    input_downsample: bool = False  # space-to-depth the input once (ImageNet: 3x224x224 -> 12x112x112)
+    widths: list[int] = field(default_factory=lambda: [64, 64, 128])
+    downsample: list[int] = field(default_factory=list)  # 1-based blocks preceded by 2x downsampling
+    downsample_mode: str = "space_to_depth"  # space_to_depth (invertible) | maxpool (VGG)
+    batchnorm: bool = True
+    k: int = 2  # hidden layers of each auxiliary problem, counting the block itself
+    aux_width: int | None = None  # width of the auxiliary convs; None: the block's width
+    pool_size: int = 2  # auxiliary heads average-pool to pool_size x pool_size
+    final_head: str = "auxiliary"  # auxiliary | vgg (the standard VGG classifier on the last block)
+
+    # optimisation, per stage (greedy) or for the whole net (e2e)
+    epochs: int = 10
+    e2e_epochs: int | None = None  # None: same as epochs (per stage)
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    opt: str = "momentum"  # any timm optimizer name; 'momentum' is SGD without Nesterov, as the paper
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    sched: str = "step"  # any timm scheduler name
+    decay_epochs: float = 15
+    decay_rate: float = 0.2
+    warmup_epochs: int = 0
+
+    # execution
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    grad_accum: int = 1
+    channels_last: bool = False
+    compile: bool = False
+    cache: str = "auto"  # frozen-prefix feature cache: auto (when the train transform is deterministic) | on | off
+    cache_budget_gb: float = 4.0  # RAM for cached features; beyond it they go to a memory-mapped file
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.widths)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_TYPES = typing.get_type_hints(Config)
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(inner type, optional) for `X | None`; list types are returned as-is."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _bad(key: str, value: Any, expected: str) -> UsageError:
+    return UsageError(f"config key '{key}': {value!r} is not {expected}")
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Check and convert one value (from YAML or from the command line) to the key's type."""
+    tp, optional = _base_type(_TYPES[key])
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise _bad(key, value, "allowed to be empty")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise _bad(key, value, "a boolean (true/false)")
+    if typing.get_origin(tp) is list:
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise _bad(key, value, "a list of integers (e.g. 64,64,128)")
+        try:
+            return [int(v) for v in value]
+        except (TypeError, ValueError):
+            raise _bad(key, value, "a list of integers (e.g. 64,64,128)") from None
+    if tp is int:
+        if isinstance(value, bool):
+            raise _bad(key, value, "an integer")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise _bad(key, value, "an integer") from None
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise _bad(key, value, "a number") from None
+    return str(value)
+
+
+def _unknown_key(key: str, where: str) -> UsageError:
+    close = difflib.get_close_matches(key, FIELDS, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "see `python train.py --help` for the valid keys"
+    return UsageError(f"unknown config key '{key}' in {where}; {hint}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config file into a dict of checked values (keys may use '-' or '_')."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {path} does not exist; pass -c configs/<name>.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"config file {path} must be a mapping of key: value")
+    values = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS:
+            raise _unknown_key(str(key), str(path))
+        values[name] = coerce(name, value)
+    return values
+
+
+def build_config(values: dict[str, Any]) -> Config:
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"config key '{key}': {value!r} is not one of {', '.join(choices)}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject configs that cannot work, before any data is loaded or file is written."""
+    _choice("mode", cfg.mode, MODES)
+    _choice("downsample_mode", cfg.downsample_mode, DOWNSAMPLE_MODES)
+    _choice("final_head", cfg.final_head, FINAL_HEADS)
+    _choice("mixed_precision", cfg.mixed_precision, MIXED_PRECISION)
+    _choice("tracker", cfg.tracker, TRACKERS)
+    _choice("cache", cfg.cache, CACHE_MODES)
+    if cfg.k not in (1, 2, 3):
+        raise UsageError(f"config key 'k': {cfg.k} is outside 1..3 (hidden layers of each auxiliary problem)")
+    if not cfg.widths or any(w <= 0 for w in cfg.widths):
+        raise UsageError(f"config key 'widths': {cfg.widths} must be a non-empty list of positive integers")
+    bad = [d for d in cfg.downsample if not 1 <= d <= cfg.num_blocks]
+    if bad:
+        raise UsageError(
+            f"config key 'downsample': block(s) {bad} do not exist; 'widths' lists {cfg.num_blocks} blocks "
+            f"(1-based indices 1..{cfg.num_blocks})"
+        )
+    if len(set(cfg.downsample)) != len(cfg.downsample):
+        raise UsageError(f"config key 'downsample': {cfg.downsample} names a block twice")
+    for key in ("epochs", "batch_size", "grad_accum", "pool_size"):
+        if getattr(cfg, key) < 1:
+            raise UsageError(f"config key '{key}': must be at least 1, got {getattr(cfg, key)}")
+    for key in ("aux_width", "e2e_epochs", "eval_batch_size", "img_size", "num_classes"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise UsageError(f"config key '{key}': must be at least 1 (or none), got {getattr(cfg, key)}")
+    if cfg.lr <= 0:
+        raise UsageError(f"config key 'lr': must be positive, got {cfg.lr}")
+    if cfg.dataset in DISK_DATASETS and not cfg.download and not Path(cfg.data_dir).is_dir():
+        raise UsageError(
+            f"data directory {cfg.data_dir} for dataset '{cfg.dataset}' does not exist; "
+            "pass --data-dir PATH (or --download true for cifar10/cifar100/fashion_mnist)"
+        )
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{message}; see `{self.prog} --help`")
+
+
+def config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one `--key value` flag per config key (defaults None: only what is given overrides)."""
+    group = parser.add_argument_group("config keys (override the YAML file)")
+    for name in FIELDS:
+        tp, _ = _base_type(_TYPES[name])
+        kwargs: dict[str, Any] = {"default": None, "dest": name, "metavar": "V"}
+        if tp is bool:  # `--wandb`-style bare flags mean true
+            kwargs.update(nargs="?", const="true")
+        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+        group.add_argument(*flags, **kwargs)
+    group.add_argument("--wandb", dest="tracker", action="store_const", const="wandb", help="same as --tracker wandb")
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return _OneLineParser(prog=prog, description=description)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys given on the command line, checked and converted."""
+    return {name: coerce(name, getattr(args, name)) for name in FIELDS if getattr(args, name) is not None}
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,60 @@
+"""Tables for people: the model's stages (--print-model) and the per-stage results of a run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from greedy.models import GreedyNet, stage_param_count
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table with one column per key of the first row."""
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths, strict=True))  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if value <= 1.0 else f"{value:.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def describe_model(net: GreedyNet, in_chans: int, img_size: int) -> list[dict[str, Any]]:
+    """Per stage: the block's output shape and the parameters of block, head and assembled model."""
+    rows = []
+    with torch.no_grad():
+        x = net.stem(torch.zeros(1, in_chans, img_size, img_size, device="meta"))
+        stem_shape = "x".join(map(str, x.shape[1:]))
+        for j, block in enumerate(net.blocks):
+            x = block(x)
+            counts = stage_param_count(net, j)
+            rows.append({
+                "stage": j + 1, "input": stem_shape if j == 0 else "", "downsample": type(block.downsample).__name__
+                if not isinstance(block.downsample, torch.nn.Identity) else "",
+                "block_out": "x".join(map(str, x.shape[1:])), "head": type(net.heads[j]).__name__,
+                "block_params": counts["block"], "head_params": counts["head"], "model_params": counts["model"],
+            })
+    return rows
+
+
+def result_rows(net: GreedyNet, mode: str, heads: dict[str, list[float]], seconds: dict[int, float]) -> list[dict]:
+    """One row per trained stage: its head's test accuracy, the ensemble's, parameters and wall time."""
+    stages = range(net.num_stages) if mode == "greedy" else [net.num_stages - 1]
+    return [{
+        "stage": j + 1 if mode == "greedy" else "e2e",
+        "test_acc": heads["head_acc"][j],
+        "ensemble_acc": heads["ensemble_acc"][j] if mode == "greedy" else None,
+        "params": stage_param_count(net, j)["model"],
+        "time_s": seconds.get(j),
+    } for j in stages]

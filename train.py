@@ -1,0 +1,134 @@
+"""Train a CNN greedily, block by block, on auxiliary problems (or end to end as a baseline).
+
+    python train.py -c configs/digits_k2.yaml [--key value ...]
+    python train.py -c configs/digits_k2.yaml --mode e2e
+    python train.py --resume runs/NAME
+    accelerate launch --multi_gpu --num_processes 8 train.py -c configs/imagenet_k3.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from accelerate.utils import broadcast_object_list, set_seed
+
+from greedy.builder import GreedyBuilder
+from greedy.checkpoint import RunDir, load_into, load_safetensors
+from greedy.config import Config, build_config, config_arguments, load_yaml, make_parser, overrides_from_args
+from greedy.data import create_datasets, create_loaders, dataset_info
+from greedy.errors import UsageError
+from greedy.models import create_greedy_net
+from greedy.summary import describe_model, format_table, result_rows
+from greedy.tracking import Tracker
+from greedy.trainer import evaluate_heads, make_accelerator, train_stage
+
+# Keys that may differ on --resume: they change how a run executes, not what it computes.
+RESUME_MUTABLE = ("no_progress", "num_workers", "pin_memory", "data_dir")
+
+
+def get_args_parser():
+    parser = make_parser("train.py", "Greedy layerwise (or end-to-end) training of a CNN.")
+    parser.add_argument("-c", "--config", help="YAML config (configs/*.yaml)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last complete epoch")
+    parser.add_argument("--print-model", action="store_true", help="print the stages and shapes, then exit")
+    config_arguments(parser)
+    return parser
+
+
+def resolve_config(args) -> tuple[Config, RunDir | None]:
+    """The config of a new run (file + overrides), or the saved one of a resumed run."""
+    overrides = overrides_from_args(args)
+    if args.resume:
+        run = RunDir.open(args.resume)
+        cfg = run.load_config()
+        saved = cfg.to_dict()
+        clash = {k: v for k, v in overrides.items() if k not in RESUME_MUTABLE and saved[k] != v}
+        if clash:
+            key, value = next(iter(clash.items()))
+            raise UsageError(f"--resume {run.path}: --{key.replace('_', '-')} {value} contradicts the saved config "
+                             f"({key}: {saved[key]}); drop the override or start a new run")
+        return build_config({**saved, **overrides}), run
+    if not args.config:
+        raise UsageError("no config given; pass -c configs/<name>.yaml (or --resume RUN_DIR)")
+    return build_config({**load_yaml(args.config), **overrides}), None
+
+
+def print_model(cfg: Config) -> None:
+    info = dataset_info(cfg.dataset)
+    img_size = cfg.img_size or info.img_size
+    with torch.device("meta"):
+        net = create_greedy_net(cfg, num_classes=cfg.num_classes or info.num_classes, in_chans=info.in_chans)
+    print(f"{cfg.dataset}: input {info.in_chans}x{img_size}x{img_size}, {cfg.mode}, k={cfg.k}")
+    print(format_table(describe_model(net, info.in_chans, img_size)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    cfg, run = resolve_config(args)
+    if args.print_model:
+        print_model(cfg)
+        return 0
+
+    accelerator = make_accelerator(cfg)
+    say = accelerator.print
+    set_seed(cfg.seed)  # the same initial weights on every rank
+    data = create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment=cfg.augment,
+                           download=cfg.download)
+    if cfg.num_classes not in (None, data.num_classes):
+        raise UsageError(f"config key 'num_classes' is {cfg.num_classes} but {cfg.dataset} in {cfg.data_dir} "
+                         f"has {data.num_classes} classes; drop the key or fix the data")
+    net = create_greedy_net(cfg, num_classes=data.num_classes, in_chans=data.in_chans).to(accelerator.device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+
+    if run is None:  # the main process names and creates the run directory; the others follow it
+        holder = [None]
+        if accelerator.is_main_process:
+            holder = [str(RunDir.create(cfg, Path(args.config).stem).path)]
+        run = RunDir(Path(broadcast_object_list(holder)[0]))
+    say(f"run directory: {run.path}")
+    tracker = Tracker(accelerator, cfg, run, say)
+    resume = run.latest_state()
+    if resume is not None and accelerator.is_main_process:
+        run.truncate_metrics(resume[0], resume[1])
+
+    builder = GreedyBuilder(net, cfg.mode)
+    for i in range(builder.num_stages):
+        stage = builder.stage(i)
+        weights = run.stage_weights_path(stage.name)
+        if weights.exists():  # finished before a resume
+            load_into(net, load_safetensors(weights), weights, strict=False)
+            continue
+        loaders = create_loaders(data, cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+                                 num_workers=cfg.num_workers, pin_memory=cfg.pin_memory)
+        resume_from = resume[2] if resume is not None and resume[0] == stage.index else None
+        train_stage(stage, cfg, accelerator, loaders, run, tracker, resume_from, say)
+        if accelerator.is_main_process:
+            run.save_weights(weights, builder.stage_state_dict(stage))
+        run.drop_states(accelerator)
+
+    _, test_loader = create_loaders(data, cfg.batch_size, eval_batch_size=cfg.eval_batch_size)
+    heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator)
+    seconds = {r["stage"]: r["time"] for r in run.read_metrics()}
+    rows = result_rows(net, cfg.mode, heads, seconds)
+    final = {"final_test_acc": rows[-1]["test_acc"], "stage_test_acc": heads["head_acc"],
+             "ensemble_acc": heads["ensemble_acc"], "total_time_s": sum(seconds.values())}
+    if accelerator.is_main_process:
+        run.save_weights(run.path / "model.safetensors",
+                         {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})
+        run.save_summary({"mode": cfg.mode, "rows": rows, **final})
+    say(format_table(rows))
+    say(f"final test accuracy: {final['final_test_acc']:.4f}  ({run.path})")
+    tracker.log_summary(rows, final)
+    tracker.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
