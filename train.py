@@ -40,6 +40,7 @@ def get_args_parser():
 def resolve_config(args) -> tuple[Config, RunDir | None]:
     """The config of a new run (file + overrides), or the saved one of a resumed run."""
     overrides = overrides_from_args(args)
+    check_data = not args.print_model  # printing a model needs no data
     if args.resume:
         run = RunDir.open(args.resume)
         cfg = run.load_config()
@@ -49,10 +50,10 @@ def resolve_config(args) -> tuple[Config, RunDir | None]:
             key, value = next(iter(clash.items()))
             raise UsageError(f"--resume {run.path}: --{key.replace('_', '-')} {value} contradicts the saved config "
                              f"({key}: {saved[key]}); drop the override or start a new run")
-        return build_config({**saved, **overrides}), run
+        return build_config({**saved, **overrides}, check_data), run
     if not args.config:
         raise UsageError("no config given; pass -c configs/<name>.yaml (or --resume RUN_DIR)")
-    return build_config({**load_yaml(args.config), **overrides}), None
+    return build_config({**load_yaml(args.config), **overrides}, check_data), None
 
 
 def print_model(cfg: Config) -> None:

@@ -79,7 +79,7 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     def load_config(self) -> Config:
-        return build_config(load_yaml(self.config_path))
+        return build_config(load_yaml(self.config_path), check_data=False)  # data_dir may be overridden
 
     # metrics
     def log(self, record: dict[str, Any]) -> None:

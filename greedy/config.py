@@ -171,9 +171,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def build_config(values: dict[str, Any]) -> Config:
+def build_config(values: dict[str, Any], check_data: bool = True) -> Config:
     cfg = Config(**values)
-    validate(cfg)
+    validate(cfg, check_data)
     return cfg
 
 
@@ -182,7 +182,7 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise UsageError(f"config key '{key}': {value!r} is not one of {', '.join(choices)}")
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, check_data: bool = True) -> None:
     """Reject configs that cannot work, before any data is loaded or file is written."""
     _choice("mode", cfg.mode, MODES)
     _choice("downsample_mode", cfg.downsample_mode, DOWNSAMPLE_MODES)
@@ -210,7 +210,7 @@ def validate(cfg: Config) -> None:
             raise UsageError(f"config key '{key}': must be at least 1 (or none), got {getattr(cfg, key)}")
     if cfg.lr <= 0:
         raise UsageError(f"config key 'lr': must be positive, got {cfg.lr}")
-    if cfg.dataset in DISK_DATASETS and not cfg.download and not Path(cfg.data_dir).is_dir():
+    if check_data and cfg.dataset in DISK_DATASETS and not cfg.download and not Path(cfg.data_dir).is_dir():
         raise UsageError(
             f"data directory {cfg.data_dir} for dataset '{cfg.dataset}' does not exist; "
             "pass --data-dir PATH (or --download true for cifar10/cifar100/fashion_mnist)"

@@ -87,12 +87,12 @@ def _from_preset(preset: str, pretrained: bool = False, **kwargs) -> GreedyNet:
 
     if pretrained:
         raise ValueError("greedy models have no pretrained weights; train one with train.py")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "features_only"):
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm factory options
         kwargs.pop(key, None)
     values = load_yaml(CONFIG_DIR / f"{preset}.yaml")
     num_classes, in_chans = kwargs.pop("num_classes", None), kwargs.pop("in_chans", None)
     values.update(kwargs)
-    cfg = build_config({**values, "data_dir": values.get("data_dir", "."), "download": True})
+    cfg = build_config(values, check_data=False)
     info = dataset_info(cfg.dataset)
     return create_greedy_net(cfg, num_classes=num_classes or cfg.num_classes or info.num_classes,
                              in_chans=in_chans or info.in_chans)

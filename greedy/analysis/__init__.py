@@ -1,0 +1,50 @@
+"""Estimators that probe intermediate representations and weights of trained networks (pure functions)."""
+
+from greedy.analysis.clustering import (
+    bin_units,
+    binned_entropy,
+    nc1,
+    scatter_ratio,
+    scatter_traces,
+    silhouette,
+)
+from greedy.analysis.information import (
+    gaussian_entropy,
+    gaussian_mixture_entropy,
+    reduce_dim,
+    sp_mutual_information,
+    sp_mutual_information_layers,
+    sp_mutual_information_noisy,
+)
+from greedy.analysis.probes import knn_accuracy, linear_probe
+from greedy.analysis.regions import line_regions, relu_pattern_fn
+from greedy.analysis.robustness import implied_distance, noise_error_rates
+from greedy.analysis.similarity import cka_matrix, linear_cka
+from greedy.analysis.spectrum import esd, fit_power_law, weight_alpha, weight_matrices
+
+__all__ = [
+    "bin_units",
+    "binned_entropy",
+    "cka_matrix",
+    "esd",
+    "fit_power_law",
+    "gaussian_entropy",
+    "gaussian_mixture_entropy",
+    "implied_distance",
+    "knn_accuracy",
+    "line_regions",
+    "linear_cka",
+    "linear_probe",
+    "nc1",
+    "noise_error_rates",
+    "reduce_dim",
+    "relu_pattern_fn",
+    "scatter_ratio",
+    "scatter_traces",
+    "silhouette",
+    "sp_mutual_information",
+    "sp_mutual_information_layers",
+    "sp_mutual_information_noisy",
+    "weight_alpha",
+    "weight_matrices",
+]

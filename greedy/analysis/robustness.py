@@ -1,0 +1,92 @@
+"""Test error in Gaussian noise and the distance to the nearest error it implies (Ford et al., ICML 2019).
+
+If the error set near a correctly classified point x is a half-space at distance d, the error rate of
+x + N(0, sigma^2 I) is p = Phi(-d / sigma), so d = -sigma * Phi^{-1}(p). This is defined for 0 < p < 1/2;
+p = 0 only says d is beyond the resolution of the sample (reported as inf) and p >= 1/2 means d <= 0
+(reported as nan: the point is not robustly correct and the linear picture does not apply).
+
+Aggregates, for each sigma: `median_distance`, the median of per-point distances over the points with
+p < 1/2 (points with p = 0 count as +inf, so the median is well defined while fewer than half of them
+are inf), and `distance_from_mean_error` = -sigma * Phi^{-1}(mean p) over all points, Ford et al.'s
+half-space reading of the aggregate error rate in noise (inf / nan for mean p = 0 / >= 1/2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy.stats import norm
+
+from greedy.analysis._arrays import ArrayLike, as_labels, to_tensor
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+def implied_distance(p: ArrayLike, sigma: float) -> np.ndarray:
+    """Distance to a half-space error set implied by error rate p under N(0, sigma^2 I): -sigma Phi^{-1}(p).
+
+    inf where p == 0, nan where p >= 1/2 (see module docstring).
+    """
+    pa = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = -sigma * norm.ppf(pa)
+    d = np.where(pa <= 0, np.inf, d)
+    return np.where(pa >= 0.5, np.nan, d)
+
+
+def _predict(model: Model, x: torch.Tensor) -> torch.Tensor:
+    """Class predictions: argmax over the last axis of 2-D outputs (logits), 1-D outputs taken as labels."""
+    with torch.no_grad():
+        out = model(x)
+    out = out.detach().cpu()
+    return out.argmax(dim=1) if out.ndim == 2 else out.reshape(-1).long()
+
+
+def noise_error_rates(
+    model: Model,
+    X: ArrayLike,
+    y: ArrayLike,
+    sigmas: Sequence[float],
+    n_samples: int = 100,
+    seed: int = 0,
+    batch_size: int = 4096,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, np.ndarray]:
+    """Per-point error rates of `model` on X + N(0, sigma^2 I) (n_samples draws per point) for each sigma.
+
+    `model` maps a batch to logits (B x K, argmax taken) or to labels (B). Returns arrays indexed by sigma:
+    sigmas, clean_correct (N, bool), error_rate (S x N), mean_error (S), distance (S x N, implied_distance),
+    median_distance (S), distance_from_mean_error (S); the module docstring defines the aggregates.
+    """
+    x = to_tensor(X, dtype)
+    labels = torch.as_tensor(as_labels(y)).long()
+    if x.shape[0] != labels.shape[0]:
+        raise ValueError(f"X has {x.shape[0]} samples but y has {labels.shape[0]}")
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    clean = torch.cat([_predict(model, x[i:i + batch_size]) for i in range(0, n, batch_size)]) == labels
+    per_batch = max(1, batch_size // n_samples)
+    rates = np.zeros((len(sigmas), n))
+    for s_i, sigma in enumerate(sigmas):
+        for start in range(0, n, per_batch):
+            xb = x[start:start + per_batch]
+            rep = xb.repeat_interleave(n_samples, dim=0)
+            noisy = rep + sigma * torch.randn(rep.shape, generator=gen, dtype=dtype)
+            wrong = _predict(model, noisy) != labels[start:start + per_batch].repeat_interleave(n_samples)
+            rates[s_i, start:start + xb.shape[0]] = wrong.reshape(-1, n_samples).double().mean(1).numpy()
+    sig = np.asarray(sigmas, dtype=np.float64)
+    dist = np.stack([implied_distance(rates[i], s) for i, s in enumerate(sig)]) if len(sig) else rates
+    mean_err = rates.mean(axis=1)
+    median = np.array([np.median(row[~np.isnan(row)]) if np.any(~np.isnan(row)) else np.nan for row in dist])
+    from_mean = np.array([float(implied_distance(m, s)) for m, s in zip(mean_err, sig, strict=True)])
+    return {
+        "sigmas": sig,
+        "clean_correct": clean.numpy(),
+        "error_rate": rates,
+        "mean_error": mean_err,
+        "distance": dist,
+        "median_distance": median,
+        "distance_from_mean_error": from_mean,
+    }

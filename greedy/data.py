@@ -1,0 +1,522 @@
+"""The one data factory: datasets, normalization, augmentation and loaders.
+
+Small datasets (digits, Fashion-MNIST, CIFAR-10/100, fake) are materialized once as a normalized
+float32 tensor ``N x C x H x W`` and served by :class:`TensorImageDataset`; ImageNet stays a PIL
+pipeline over an ``ImageFolder`` tree. Every loading problem the user can fix raises
+:class:`greedy.errors.UsageError` with a one-line message.
+
+Augmentation randomness comes from torch's global RNG only, so seeding torch (or restoring its RNG
+state) makes a run reproducible.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+import tempfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from greedy.errors import UsageError
+
+DATASETS: tuple[str, ...] = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagenet", "fake")
+AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip", "imagenet")
+
+# Published per-channel statistics of the training sets (pixel values scaled to [0, 1]).
+_FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
+_CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+_CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+_FMNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_FAKE_TRAIN_SIZE, _FAKE_TEST_SIZE, _FAKE_TEST_OFFSET = 512, 128, 1_000_000
+_IMAGENET_DEFAULT_SIZE = 224
+_IMAGENET_CROP_PCT = 0.875
+_CHUNK = 4096  # images converted per step when materializing, bounds peak memory
+
+
+@dataclass
+class DataBundle:
+    """Train/test datasets plus the shape facts a model needs."""
+
+    train: Dataset  # items: (float tensor C x H x W, normalized; int label)
+    test: Dataset
+    num_classes: int
+    in_chans: int
+    img_size: int  # spatial size of the tensors the model sees (square)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset before any file is read (--print-model, timm)."""
+
+    num_classes: int
+    in_chans: int
+    img_size: int
+
+
+_DATASET_INFO = {
+    "digits": DatasetInfo(10, 1, 8),
+    "fashion_mnist": DatasetInfo(10, 1, 28),
+    "cifar10": DatasetInfo(10, 3, 32),
+    "cifar100": DatasetInfo(100, 3, 32),
+    "imagenet": DatasetInfo(1000, 3, _IMAGENET_DEFAULT_SIZE),
+    "fake": DatasetInfo(10, 3, 32),
+}
+
+
+def dataset_info(dataset: str) -> DatasetInfo:
+    _check_choice("dataset", dataset, DATASETS)
+    return _DATASET_INFO[dataset]
+
+
+class TensorImageDataset(Dataset):
+    """In-memory images ``N x C x H x W`` with integer targets and an optional per-item tensor transform."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.images = images
+        self.targets = targets
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.targets[index])
+
+
+@dataclass
+class _RawData:
+    """Images as loaded from disk (``N x C x H x W``, values in ``[0, max_value]``) before normalization."""
+
+    train_images: torch.Tensor
+    train_targets: torch.Tensor
+    test_images: torch.Tensor
+    test_targets: torch.Tensor
+    num_classes: int
+    max_value: float = 255.0
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # None: compute from train
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+
+def create_datasets(
+    dataset: str,
+    data_dir: str | Path = "data",
+    *,
+    img_size: int | None = None,
+    augment: str = "none",
+    download: bool = False,
+) -> DataBundle:
+    """Build the train/test datasets for ``dataset``; ``img_size`` None keeps the native size."""
+    _check_choice("dataset", dataset, DATASETS)
+    _check_choice("augment", augment, AUGMENTATIONS)
+    if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1):
+        raise UsageError(f"img_size must be a positive integer, got {img_size!r}; pass e.g. --img-size 32")
+    root = Path(data_dir).expanduser()
+    if dataset == "imagenet":
+        if augment == "crop_flip":
+            raise UsageError(
+                "augment 'crop_flip' is for the in-memory datasets; "
+                "use --augment imagenet or none for 'imagenet'"
+            )
+        return _imagenet_bundle(root, img_size or _IMAGENET_DEFAULT_SIZE, augment == "imagenet")
+    if augment == "imagenet":
+        raise UsageError(
+            "augment 'imagenet' only applies to dataset 'imagenet'; "
+            f"use --augment crop_flip or none for '{dataset}'"
+        )
+    raw = _IN_MEMORY_LOADERS[dataset](root, download, img_size)
+    return _in_memory_bundle(dataset, raw, img_size, augment == "crop_flip")
+
+
+def create_loaders(
+    bundle: DataBundle,
+    batch_size: int,
+    *,
+    eval_batch_size: int | None = None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+) -> tuple[DataLoader, DataLoader]:
+    """Return (train loader: shuffled, keeps the last partial batch; test loader: in order)."""
+    eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+    for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if value < 1:
+            raise UsageError(f"{name} must be >= 1, got {value}")
+    if num_workers < 0:
+        raise UsageError(f"num_workers must be >= 0, got {num_workers}")
+    common = {
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": persistent_workers and num_workers > 0,
+    }
+    train = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, drop_last=False, **common)
+    test = DataLoader(bundle.test, batch_size=eval_batch_size, shuffle=False, drop_last=False, **common)
+    return train, test
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared in-memory path
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"unknown {kind} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _in_memory_bundle(name: str, raw: _RawData, img_size: int | None, crop_flip: bool) -> DataBundle:
+    """Normalize, resize once and wrap the raw arrays; the one path for every in-memory dataset.
+
+    ``crop_flip`` pads with 0 in normalized space (the mean color) before the random crop.
+    """
+    in_chans, native = raw.train_images.shape[1], raw.train_images.shape[-1]
+    size = img_size or native
+    mean, std = raw.stats or _train_stats(raw.train_images, raw.max_value)
+    for targets in (raw.train_targets, raw.test_targets):
+        if len(targets) and (targets.min() < 0 or targets.max() >= raw.num_classes):
+            raise UsageError(
+                f"dataset '{name}': labels outside 0..{raw.num_classes - 1}; the files look corrupt"
+            )
+    transform = v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()]) if crop_flip else None
+    train = TensorImageDataset(
+        _normalize(raw.train_images, raw.max_value, mean, std, size), raw.train_targets.long(), transform
+    )
+    test = TensorImageDataset(
+        _normalize(raw.test_images, raw.max_value, mean, std, size), raw.test_targets.long()
+    )
+    return DataBundle(train, test, raw.num_classes, in_chans, size)
+
+
+def _train_stats(images: torch.Tensor, max_value: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of ``images / max_value`` (std 0 becomes 1)."""
+    x = images.to(torch.float64) / max_value
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3), correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _normalize(
+    images: torch.Tensor, max_value: float, mean: tuple[float, ...], std: tuple[float, ...], size: int
+) -> torch.Tensor:
+    """float32 ``(images / max_value - mean) / std``, resized to ``size`` (bilinear, antialias), chunked."""
+    n, c = images.shape[:2]
+    out = torch.empty((n, c, size, size), dtype=torch.float32)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+    for start in range(0, n, _CHUNK):
+        x = images[start : start + _CHUNK].to(torch.float32) / max_value
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + _CHUNK] = (x - mean_t) / std_t
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-dataset loaders: return raw arrays, labels, number of classes
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_digits(data_dir: Path, download: bool, img_size: int | None) -> _RawData:
+    """scikit-learn's 8x8 digits with a fixed stratified 80/20 split (independent of the run seed)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = digits.images.astype(np.float32)[:, None]  # N x 1 x 8 x 8, values 0..16
+    y = digits.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x_tr, y_tr, x_te, y_te)]
+    return _RawData(*tensors, num_classes=10, max_value=16.0)
+
+
+def _load_fake(data_dir: Path, download: bool, img_size: int | None) -> _RawData:
+    """torchvision FakeData generated at ``img_size`` (default 32); train and test use disjoint seeds."""
+    from torchvision.datasets import FakeData
+
+    shape = (3, img_size or 32, img_size or 32)
+    splits = []
+    for size, offset in ((_FAKE_TRAIN_SIZE, 0), (_FAKE_TEST_SIZE, _FAKE_TEST_OFFSET)):
+        fake = FakeData(
+            size=size, image_size=shape, num_classes=10, random_offset=offset, transform=v2.PILToTensor()
+        )
+        images, targets = zip(*(fake[i] for i in range(size)), strict=True)
+        splits += [torch.stack(images), torch.tensor(targets, dtype=torch.int64)]
+    return _RawData(*splits, num_classes=10)
+
+
+def _load_cifar(data_dir: Path, download: bool, hundred: bool) -> _RawData:
+    """CIFAR-10/100 python-pickle batches, read directly (no md5 check, so re-packed copies load too)."""
+    name = "cifar100" if hundred else "cifar10"
+    folder = data_dir / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    train_files = ["train"] if hundred else [f"data_batch_{i}" for i in range(1, 6)]
+    test_files = ["test"] if hundred else ["test_batch"]
+    missing = [f for f in train_files + test_files if not (folder / f).is_file()]
+    if missing and download:
+        _torchvision_cifar_download(data_dir, hundred)
+        missing = [f for f in train_files + test_files if not (folder / f).is_file()]
+    if missing:
+        label = "CIFAR-100" if hundred else "CIFAR-10"
+        raise UsageError(
+            f"dataset '{name}': no {label} batches under {data_dir} (expected {folder / missing[0]}); "
+            "pass --data-dir DIR or --download"
+        )
+    label_key = "fine_labels" if hundred else "labels"
+    train_x, train_y = _read_cifar_batches([folder / f for f in train_files], label_key)
+    test_x, test_y = _read_cifar_batches([folder / f for f in test_files], label_key)
+    stats = _CIFAR100_STATS if hundred else _CIFAR10_STATS
+    return _RawData(train_x, train_y, test_x, test_y, num_classes=100 if hundred else 10, stats=stats)
+
+
+def _read_cifar_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate pickle batches: ``data`` is N x 3072 uint8 (R, G, B planes of 32x32, row-major)."""
+    images, labels = [], []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+            data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            batch_labels = np.asarray(entry[label_key], dtype=np.int64).reshape(-1)
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError, AttributeError) as err:
+            raise UsageError(
+                f"cannot read CIFAR batch {path}: {type(err).__name__}: {_one_line(err)}; re-download it"
+            ) from err
+        if len(data) != len(batch_labels):
+            raise UsageError(
+                f"CIFAR batch {path} has {len(data)} images but {len(batch_labels)} labels; re-download it"
+            )
+        images.append(data)
+        labels.append(batch_labels)
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def _torchvision_cifar_download(data_dir: Path, hundred: bool) -> None:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    try:
+        (CIFAR100 if hundred else CIFAR10)(root=str(data_dir), train=True, download=True)
+    except Exception as err:  # network, disk, checksum: all fixable by the user
+        name = "cifar100" if hundred else "cifar10"
+        raise UsageError(
+            f"dataset '{name}': download into {data_dir} failed ({type(err).__name__}: {_one_line(err)}); "
+            "download it manually and pass --data-dir DIR"
+        ) from err
+
+
+def _load_cifar10(data_dir: Path, download: bool, img_size: int | None) -> _RawData:
+    return _load_cifar(data_dir, download, hundred=False)
+
+
+def _load_cifar100(data_dir: Path, download: bool, img_size: int | None) -> _RawData:
+    return _load_cifar(data_dir, download, hundred=True)
+
+
+def _load_fashion_mnist(data_dir: Path, download: bool, img_size: int | None) -> _RawData:
+    """Fashion-MNIST from torchvision's raw layout, decompressing the distributed .gz files if needed."""
+    from torchvision.datasets import FashionMNIST
+
+    root = _fashion_mnist_root(data_dir, download)
+    splits = []
+    for train in (True, False):
+        try:
+            ds = FashionMNIST(root=str(root), train=train, download=False)
+        except (OSError, RuntimeError, AssertionError, TypeError, ValueError) as err:
+            raise UsageError(
+                f"dataset 'fashion_mnist': cannot read idx files in {root / 'FashionMNIST' / 'raw'} "
+                f"({type(err).__name__}: {_one_line(err)}); replace them with the original files"
+            ) from err
+        splits += [ds.data.unsqueeze(1), ds.targets.long()]
+    return _RawData(*splits, num_classes=10, stats=_FASHION_MNIST_STATS)
+
+
+def _fashion_mnist_root(data_dir: Path, download: bool) -> Path:
+    """Return a root whose ``FashionMNIST/raw`` holds the four uncompressed idx files."""
+    raw = data_dir / "FashionMNIST" / "raw"
+    if all((raw / f).is_file() for f in _FMNIST_FILES):
+        return data_dir
+    for source in (raw, data_dir):
+        if all((source / f"{f}.gz").is_file() for f in _FMNIST_FILES):
+            return _decompress_fashion_mnist(source, data_dir)
+    if download:
+        from torchvision.datasets import FashionMNIST
+
+        try:
+            FashionMNIST(root=str(data_dir), train=True, download=True)
+        except Exception as err:  # network, disk, checksum: all fixable by the user
+            raise UsageError(
+                f"dataset 'fashion_mnist': download into {data_dir} failed ({type(err).__name__}: "
+                f"{_one_line(err)}); put the four .gz files in a folder and pass --data-dir DIR"
+            ) from err
+        return data_dir
+    raise UsageError(
+        f"dataset 'fashion_mnist': no Fashion-MNIST files under {data_dir} "
+        f"(expected {raw / _FMNIST_FILES[0]} or {data_dir / (_FMNIST_FILES[0] + '.gz')} "
+        "and the other three); pass --data-dir DIR or --download"
+    )
+
+
+def _decompress_fashion_mnist(source: Path, data_dir: Path) -> Path:
+    """Decompress the .gz files into ``data_dir`` if writable, else into the cache; return that root."""
+    roots = [data_dir] if _is_writable(data_dir / "FashionMNIST" / "raw") else []
+    failure = ""
+    for root in [*roots, _cache_dir()]:
+        target = root / "FashionMNIST" / "raw"
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for name in _FMNIST_FILES:
+                _gunzip_if_stale(source / f"{name}.gz", target / name)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+            raise UsageError(
+                f"dataset 'fashion_mnist': corrupt .gz file in {source} "
+                f"({type(err).__name__}: {_one_line(err)}); replace it with the original download"
+            ) from err
+        except OSError as err:
+            failure = f"cannot write decompressed files to {target} ({type(err).__name__}: {_one_line(err)})"
+            continue
+        return root
+    raise UsageError(f"dataset 'fashion_mnist': {failure}; set GREEDY_CACHE to a writable directory")
+
+
+def _gunzip_if_stale(src: Path, dst: Path) -> None:
+    """Decompress ``src`` to ``dst`` atomically unless ``dst`` was already made from this very ``src``.
+
+    A hidden stamp next to ``dst`` records the source path, size and mtime, so a cache shared by several
+    data folders never serves files decompressed from another one.
+    """
+    src_stat = src.stat()
+    stamp = dst.with_name(f".{dst.name}.source")
+    tag = f"{src.resolve()}\n{src_stat.st_size}\n{src_stat.st_mtime_ns}\n"
+    if dst.is_file() and stamp.is_file() and stamp.read_text() == tag:
+        return
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, length=1 << 20)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the decompressed data is not secret
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    stamp.write_text(tag)
+
+
+def _is_writable(path: Path) -> bool:
+    """Whether ``path`` (or its nearest existing parent) may be written; honours mode bits even for root."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("GREEDY_CACHE") or Path.home() / ".cache" / "greedy").expanduser()
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+_IN_MEMORY_LOADERS: dict[str, Callable[[Path, bool, int | None], _RawData]] = {
+    "digits": _load_digits,
+    "fashion_mnist": _load_fashion_mnist,
+    "cifar10": _load_cifar10,
+    "cifar100": _load_cifar100,
+    "fake": _load_fake,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageNet: PIL pipeline over ImageFolder trees
+# ----------------------------------------------------------------------------------------------
+
+
+def _imagenet_bundle(data_dir: Path, img_size: int, augment: bool) -> DataBundle:
+    """``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` with timm-style transforms."""
+    from torchvision.datasets import ImageFolder
+
+    class_lists = {}
+    for split in ("train", "val"):
+        split_dir = data_dir / split
+        if not split_dir.is_dir():
+            raise UsageError(
+                f"dataset 'imagenet': no {split}/ folder under {data_dir} "
+                f"(expected {split_dir}/<class>/*.JPEG); pass --data-dir DIR"
+            )
+        class_lists[split] = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    if class_lists["train"] != class_lists["val"]:
+        only_train = sorted(set(class_lists["train"]) - set(class_lists["val"]))[:3]
+        only_val = sorted(set(class_lists["val"]) - set(class_lists["train"]))[:3]
+        raise UsageError(
+            f"dataset 'imagenet': class folders differ between {data_dir / 'train'} and {data_dir / 'val'} "
+            f"(only in train: {only_train}, only in val: {only_val}); make both hold the same classes"
+        )
+    eval_tf = _imagenet_eval_transform(img_size)
+    datasets = {}
+    for split, transform in (
+        ("train", _imagenet_train_transform(img_size) if augment else eval_tf),
+        ("val", eval_tf),
+    ):
+        try:
+            datasets[split] = ImageFolder(str(data_dir / split), transform=transform)
+        except (FileNotFoundError, OSError) as err:
+            raise UsageError(f"dataset 'imagenet': {_one_line(err)} (in {data_dir / split})") from err
+    return DataBundle(datasets["train"], datasets["val"], len(datasets["train"].classes), 3, img_size)
+
+
+def _imagenet_eval_transform(img_size: int) -> Callable:
+    """timm eval transform: resize shorter side to img_size / 0.875, center crop, normalize."""
+    from timm.data import create_transform
+
+    return create_transform(
+        img_size, is_training=False, crop_pct=_IMAGENET_CROP_PCT, interpolation="bilinear"
+    )
+
+
+def _imagenet_train_transform(img_size: int) -> Callable:
+    """RandomResizedCrop (timm's default scale/ratio) + horizontal flip, drawing from torch's RNG.
+
+    timm's own train transform draws its crop from Python's ``random`` module, so it is rebuilt here
+    with torchvision ops to keep all augmentation randomness on torch's global RNG.
+    """
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(
+                img_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=v2.InterpolationMode.BILINEAR
+            ),
+            v2.RandomHorizontalFlip(),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD)),
+        ]
+    )

@@ -1,0 +1,511 @@
+"""Tests for greedy.data: tiny datasets written in their true on-disk formats into tmp_path."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from greedy.data import (
+    AUGMENTATIONS,
+    DATASETS,
+    DataBundle,
+    TensorImageDataset,
+    create_datasets,
+    create_loaders,
+)
+from greedy.errors import UsageError
+
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+FMNIST_STATS = ((0.2860,), (0.3530,))
+FMNIST_NAMES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def unnormalize_uint8(images: torch.Tensor, stats: tuple[tuple[float, ...], tuple[float, ...]]) -> np.ndarray:
+    """Invert the per-channel normalization and return the 0..255 pixels as uint8."""
+    c = images.shape[1]
+    mean = torch.tensor(stats[0]).view(1, c, 1, 1)
+    std = torch.tensor(stats[1]).view(1, c, 1, 1)
+    return (images * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def cifar_rows(n: int, offset: int) -> np.ndarray:
+    """``n`` CIFAR rows (uint8 x 3072) with a known pattern that differs per image, channel and pixel."""
+    idx = np.arange(3072)
+    return np.stack([(idx * 7 + (offset + i) * 31) % 251 for i in range(n)]).astype(np.uint8)
+
+
+def write_pickle(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def keyed(as_bytes: bool, **fields: object) -> dict:
+    """A batch dict with bytes keys (how Python 3 sees the real files with encoding='bytes') or str keys."""
+    return {(k.encode() if as_bytes else k): v for k, v in fields.items()}
+
+
+def write_cifar10(root: Path, as_bytes: bool = True) -> tuple[np.ndarray, list[int], np.ndarray, list[int]]:
+    """Five 2-image train batches and a 3-image test batch in cifar-10-batches-py/."""
+    folder = root / "cifar-10-batches-py"
+    train_x, train_y = [], []
+    for b in range(1, 6):
+        x, y = cifar_rows(2, offset=10 * b), [(2 * b) % 10, (2 * b + 1) % 10]
+        files = [b"img_%d_%d.png" % (b, i) for i in range(2)]
+        batch = keyed(as_bytes, batch_label=b"training batch %d of 5" % b, labels=y, data=x, filenames=files)
+        write_pickle(folder / f"data_batch_{b}", batch)
+        train_x.append(x)
+        train_y += y
+    test_x, test_y = cifar_rows(3, offset=100), [9, 0, 5]
+    test = keyed(
+        as_bytes, batch_label=b"testing batch 1 of 1", labels=test_y, data=test_x, filenames=[b"t"] * 3
+    )
+    write_pickle(folder / "test_batch", test)
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
+    write_pickle(
+        folder / "batches.meta", keyed(as_bytes, num_cases_per_batch=2, label_names=names, num_vis=3072)
+    )
+    return np.concatenate(train_x), train_y, test_x, test_y
+
+
+def write_idx_images(images: np.ndarray) -> bytes:
+    n, h, w = images.shape
+    return struct.pack(">IIII", 2051, n, h, w) + images.astype(np.uint8).tobytes()
+
+
+def write_idx_labels(labels: np.ndarray) -> bytes:
+    return struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
+
+
+def fashion_arrays(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "train-images-idx3-ubyte": rng.integers(0, 256, size=(6, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": np.array([0, 1, 2, 3, 4, 9], dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, size=(4, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": np.array([5, 6, 7, 8], dtype=np.uint8),
+    }
+
+
+def fashion_files(arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
+    return {name: (write_idx_images(a) if a.ndim == 3 else write_idx_labels(a)) for name, a in arrays.items()}
+
+
+def write_fashion(folder: Path, arrays: dict[str, np.ndarray], gz: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, payload in fashion_files(arrays).items():
+        if gz:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(payload, mtime=0))
+        else:
+            (folder / name).write_bytes(payload)
+
+
+def check_fashion(bundle: DataBundle, arrays: dict[str, np.ndarray]) -> None:
+    assert (bundle.num_classes, bundle.in_chans, bundle.img_size) == (10, 1, 28)
+    assert bundle.train.images.shape == (6, 1, 28, 28)
+    assert bundle.test.images.shape == (4, 1, 28, 28)
+    np.testing.assert_array_equal(
+        unnormalize_uint8(bundle.train.images, FMNIST_STATS)[:, 0], arrays[FMNIST_NAMES[0]]
+    )
+    np.testing.assert_array_equal(
+        unnormalize_uint8(bundle.test.images, FMNIST_STATS)[:, 0], arrays[FMNIST_NAMES[2]]
+    )
+    assert bundle.train.targets.tolist() == arrays[FMNIST_NAMES[1]].tolist()
+    assert [bundle.test[i][1] for i in range(4)] == arrays[FMNIST_NAMES[3]].tolist()
+
+
+@pytest.fixture
+def read_only():
+    """Make folders read-only (mode 0555) for the test and restore them afterwards."""
+    folders: list[Path] = []
+
+    def make(folder: Path) -> Path:
+        folder.chmod(0o555)
+        folders.append(folder)
+        return folder
+
+    yield make
+    for folder in folders:
+        folder.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_bytes", [True, False], ids=["bytes-keys", "str-keys"])
+def test_cifar10_round_trip(tmp_path: Path, as_bytes: bool) -> None:
+    train_x, train_y, test_x, test_y = write_cifar10(tmp_path, as_bytes)
+    bundle = create_datasets("cifar10", tmp_path)
+    assert (bundle.num_classes, bundle.in_chans, bundle.img_size) == (10, 3, 32)
+    assert len(bundle.train) == 10 and len(bundle.test) == 3
+    image, label = bundle.train[3]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert isinstance(label, int) and label == train_y[3]
+    assert bundle.train.targets.tolist() == train_y
+    assert [bundle.test[i][1] for i in range(3)] == test_y
+
+    pixels = unnormalize_uint8(bundle.train.images, CIFAR10_STATS)
+    test_pixels = unnormalize_uint8(bundle.test.images, CIFAR10_STATS)
+    # Row layout: 1024 red values, then green, then blue; each plane row-major 32x32.
+    for n, c, r, col in [(0, 0, 0, 0), (3, 0, 1, 2), (4, 1, 5, 31), (9, 2, 31, 30), (7, 2, 17, 3)]:
+        assert pixels[n, c, r, col] == train_x[n, c * 1024 + r * 32 + col]
+    np.testing.assert_array_equal(pixels, train_x.reshape(-1, 3, 32, 32))
+    np.testing.assert_array_equal(test_pixels, test_x.reshape(-1, 3, 32, 32))
+
+
+def test_cifar10_crop_flip(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    bundle = create_datasets("cifar10", tmp_path, augment="crop_flip")
+    torch.manual_seed(0)
+    first = [bundle.train[i][0] for i in range(10)]
+    torch.manual_seed(0)
+    again = [bundle.train[i][0] for i in range(10)]
+    assert all(a.shape == (3, 32, 32) for a in first)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert any(not torch.equal(a, bundle.train.images[i]) for i, a in enumerate(first))
+    assert torch.equal(bundle.test[0][0], bundle.test.images[0])  # test set is never augmented
+
+
+def test_cifar10_resize(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    bundle = create_datasets("cifar10", tmp_path, img_size=16)
+    assert bundle.img_size == 16
+    assert bundle.train.images.shape == (10, 3, 16, 16)
+    assert bundle.test[0][0].shape == (3, 16, 16)
+
+
+def test_cifar100(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-100-python"
+    train_x, test_x = cifar_rows(4, 0), cifar_rows(2, 50)
+    fine_train, fine_test = [0, 99, 42, 7], [13, 98]
+    write_pickle(
+        folder / "train",
+        keyed(
+            True,
+            batch_label=b"training batch 1 of 1",
+            fine_labels=fine_train,
+            coarse_labels=[0, 19, 3, 1],
+            data=train_x,
+            filenames=[b"a.png"] * 4,
+        ),
+    )
+    write_pickle(
+        folder / "test",
+        keyed(
+            True,
+            batch_label=b"testing batch 1 of 1",
+            fine_labels=fine_test,
+            coarse_labels=[5, 6],
+            data=test_x,
+            filenames=[b"b.png"] * 2,
+        ),
+    )
+    fine_names, coarse_names = [b"c%d" % i for i in range(100)], [b"s%d" % i for i in range(20)]
+    write_pickle(folder / "meta", keyed(True, fine_label_names=fine_names, coarse_label_names=coarse_names))
+    bundle = create_datasets("cifar100", tmp_path)
+    assert (bundle.num_classes, bundle.in_chans, bundle.img_size) == (100, 3, 32)
+    assert bundle.train.targets.tolist() == fine_train
+    assert [bundle.test[i][1] for i in range(2)] == fine_test
+    np.testing.assert_array_equal(
+        unnormalize_uint8(bundle.train.images, CIFAR100_STATS), train_x.reshape(-1, 3, 32, 32)
+    )
+
+
+def test_cifar_corrupt_batch(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(UsageError, match="data_batch_3") as info:
+        create_datasets("cifar10", tmp_path)
+    assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fashion-MNIST
+# ----------------------------------------------------------------------------------------------
+
+
+def test_fashion_mnist_gz_in_read_only_folder(tmp_path: Path, monkeypatch, read_only) -> None:
+    arrays = fashion_arrays()
+    flat = tmp_path / "flat"
+    write_fashion(flat, arrays, gz=True)
+    read_only(flat)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GREEDY_CACHE", str(cache))
+    check_fashion(create_datasets("fashion_mnist", flat), arrays)
+    assert not (flat / "FashionMNIST").exists()
+    raw = cache / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir() if not p.name.startswith(".")) == sorted(FMNIST_NAMES)
+    # A second load reuses the decompressed files instead of rewriting them.
+    before = {n: (raw / n).stat().st_ino for n in FMNIST_NAMES}
+    check_fashion(create_datasets("fashion_mnist", flat), arrays)
+    assert before == {n: (raw / n).stat().st_ino for n in FMNIST_NAMES}
+
+
+def test_fashion_mnist_cache_shared_by_two_folders(tmp_path: Path, monkeypatch, read_only) -> None:
+    monkeypatch.setenv("GREEDY_CACHE", str(tmp_path / "cache"))
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_fashion(first, fashion_arrays(0), gz=True)
+    write_fashion(second, fashion_arrays(1), gz=True)
+    read_only(first)
+    read_only(second)
+    for folder, seed in ((first, 0), (second, 1), (first, 0)):
+        check_fashion(create_datasets("fashion_mnist", folder), fashion_arrays(seed))
+
+
+def test_fashion_mnist_gz_in_writable_folder(tmp_path: Path, monkeypatch) -> None:
+    arrays = fashion_arrays()
+    monkeypatch.setenv("GREEDY_CACHE", str(tmp_path / "cache"))
+    write_fashion(tmp_path / "data", arrays, gz=True)
+    check_fashion(create_datasets("fashion_mnist", tmp_path / "data"), arrays)
+    assert (tmp_path / "data" / "FashionMNIST" / "raw" / FMNIST_NAMES[0]).is_file()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_fashion_mnist_gz_in_raw_folder(tmp_path: Path, monkeypatch, read_only) -> None:
+    arrays = fashion_arrays()
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    write_fashion(raw, arrays, gz=True)
+    read_only(raw)
+    monkeypatch.setenv("GREEDY_CACHE", str(tmp_path / "cache"))
+    check_fashion(create_datasets("fashion_mnist", tmp_path / "data"), arrays)
+    assert (tmp_path / "cache" / "FashionMNIST" / "raw" / FMNIST_NAMES[2]).is_file()
+
+
+def test_fashion_mnist_uncompressed_torchvision_layout(tmp_path: Path, monkeypatch) -> None:
+    arrays = fashion_arrays(3)
+    write_fashion(tmp_path / "FashionMNIST" / "raw", arrays, gz=False)
+    monkeypatch.setenv("GREEDY_CACHE", str(tmp_path / "cache"))
+    bundle = create_datasets("fashion_mnist", tmp_path, augment="crop_flip")
+    check_fashion(bundle, arrays)
+    assert bundle.train[0][0].shape == (1, 28, 28)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_fashion_mnist_corrupt_gz(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GREEDY_CACHE", str(tmp_path / "cache"))
+    write_fashion(tmp_path, fashion_arrays(), gz=True)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"garbage")
+    with pytest.raises(UsageError, match="corrupt") as info:
+        create_datasets("fashion_mnist", tmp_path)
+    assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageNet (ImageFolder layout)
+# ----------------------------------------------------------------------------------------------
+
+COLORS = {"n01440764": (200, 30, 60), "n01443537": (10, 220, 120)}
+
+
+def write_image_folder(root: Path, classes: dict[str, tuple[int, int, int]] = COLORS) -> None:
+    for split in ("train", "val"):
+        for name, color in classes.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40, 48), color).save(folder / f"{name}_{i}.png")
+
+
+def test_imagenet_image_folder(tmp_path: Path) -> None:
+    write_image_folder(tmp_path)
+    bundle = create_datasets("imagenet", tmp_path, img_size=32)
+    assert (bundle.num_classes, bundle.in_chans, bundle.img_size) == (2, 3, 32)
+    assert len(bundle.train) == 6 and len(bundle.test) == 6
+    labels = []
+    for i in range(6):
+        image, label = bundle.test[i]
+        assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+        labels.append(label)
+    assert labels == [0, 0, 0, 1, 1, 1]
+    # Solid colors survive resize + center crop; undo the ImageNet normalization.
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    pixel = (bundle.test[4][0][:, 16, 16] * std + mean) * 255
+    assert torch.allclose(pixel, torch.tensor(COLORS["n01443537"], dtype=torch.float32), atol=1.0)
+
+
+def test_imagenet_augment_is_seeded_by_torch(tmp_path: Path) -> None:
+    write_image_folder(tmp_path)
+    bundle = create_datasets("imagenet", tmp_path, img_size=32, augment="imagenet")
+    torch.manual_seed(3)
+    first = bundle.train[5]
+    torch.manual_seed(3)
+    again = bundle.train[5]
+    assert first[0].shape == (3, 32, 32) and first[1] == 1
+    assert torch.equal(first[0], again[0])
+
+
+def test_imagenet_default_size(tmp_path: Path) -> None:
+    write_image_folder(tmp_path)
+    bundle = create_datasets("imagenet", tmp_path)
+    assert bundle.img_size == 224
+    assert bundle.train[0][0].shape == (3, 224, 224)
+
+
+def test_imagenet_class_mismatch(tmp_path: Path) -> None:
+    write_image_folder(tmp_path)
+    (tmp_path / "val" / "n01440764").rename(tmp_path / "val" / "n99999999")
+    with pytest.raises(UsageError, match="differ") as info:
+        create_datasets("imagenet", tmp_path, img_size=32)
+    assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# digits, fake
+# ----------------------------------------------------------------------------------------------
+
+
+def test_digits_split_and_determinism() -> None:
+    torch.manual_seed(1)
+    first = create_datasets("digits", "unused")
+    torch.manual_seed(2)
+    second = create_datasets("digits")
+    assert (len(first.train), len(first.test)) == (1437, 360)
+    assert (first.num_classes, first.in_chans, first.img_size) == (10, 1, 8)
+    assert first.train[0][0].shape == (1, 8, 8)
+    assert torch.equal(first.train.images, second.train.images)
+    assert torch.equal(first.test.targets, second.test.targets)
+    assert set(first.test.targets.tolist()) == set(range(10))
+    # normalized with the train statistics
+    assert abs(first.train.images.mean().item()) < 1e-4
+    assert abs(first.train.images.std(correction=0).item() - 1) < 1e-4
+
+
+def test_fake_shapes() -> None:
+    bundle = create_datasets("fake")
+    assert (len(bundle.train), len(bundle.test)) == (512, 128)
+    assert (bundle.num_classes, bundle.in_chans, bundle.img_size) == (10, 3, 32)
+    image, label = bundle.train[0]
+    assert image.shape == (3, 32, 32) and 0 <= label < 10
+    assert not torch.equal(bundle.train.images[:128], bundle.test.images)
+    small = create_datasets("fake", img_size=16, augment="crop_flip")
+    assert small.img_size == 16 and small.train[0][0].shape == (3, 16, 16)
+
+
+def test_tensor_image_dataset_transform() -> None:
+    images, targets = torch.arange(8.0).view(2, 1, 2, 2), torch.tensor([3, 4])
+    ds = TensorImageDataset(images, targets, transform=lambda x: x * 2)
+    image, label = ds[1]
+    assert torch.equal(image, images[1] * 2) and label == 4 and len(ds) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# errors
+# ----------------------------------------------------------------------------------------------
+
+
+def assert_one_line_usage_error(info: pytest.ExceptionInfo, *needles: str) -> None:
+    message = str(info.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "fashion_mnist", "imagenet"])
+def test_missing_directory(tmp_path: Path, dataset: str, monkeypatch) -> None:
+    monkeypatch.setenv("GREEDY_CACHE", str(tmp_path / "cache"))
+    missing = tmp_path / "nowhere"
+    with pytest.raises(UsageError) as info:
+        create_datasets(dataset, missing)
+    assert_one_line_usage_error(info, str(missing), "--data-dir")
+
+
+def test_unknown_dataset() -> None:
+    with pytest.raises(UsageError) as info:
+        create_datasets("mnist")
+    assert_one_line_usage_error(info, "'mnist'", *DATASETS)
+
+
+def test_unknown_augment() -> None:
+    with pytest.raises(UsageError) as info:
+        create_datasets("fake", augment="mixup")
+    assert_one_line_usage_error(info, "'mixup'", *AUGMENTATIONS)
+
+
+def test_augment_dataset_mismatch(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as info:
+        create_datasets("fake", augment="imagenet")
+    assert_one_line_usage_error(info, "imagenet", "crop_flip")
+    with pytest.raises(UsageError) as info:
+        create_datasets("imagenet", tmp_path, augment="crop_flip")
+    assert_one_line_usage_error(info, "crop_flip", "imagenet")
+
+
+def test_bad_img_size() -> None:
+    with pytest.raises(UsageError):
+        create_datasets("fake", img_size=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# loaders
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake_bundle() -> DataBundle:
+    return create_datasets("fake")
+
+
+def test_loader_batches(fake_bundle: DataBundle) -> None:
+    train, test = create_loaders(fake_bundle, 100, eval_batch_size=50)
+    sizes = [x.shape[0] for x, _ in train]
+    assert sizes == [100] * 5 + [12]  # drop_last=False
+    x, y = next(iter(train))
+    assert x.shape == (100, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert [x.shape[0] for x, _ in test] == [50, 50, 28]
+
+
+def test_test_loader_covers_test_set_once_in_order(fake_bundle: DataBundle) -> None:
+    _, test = create_loaders(fake_bundle, 64, eval_batch_size=48)
+    images = torch.cat([x for x, _ in test])
+    targets = torch.cat([y for _, y in test])
+    assert torch.equal(images, fake_bundle.test.images)
+    assert torch.equal(targets, fake_bundle.test.targets)
+
+
+def test_train_loader_shuffles_reproducibly(fake_bundle: DataBundle) -> None:
+    train, _ = create_loaders(fake_bundle, 512)
+    torch.manual_seed(0)
+    [(x1, y1)] = list(train)
+    torch.manual_seed(0)
+    [(x2, _)] = list(train)
+    [(x3, _)] = list(train)
+    assert torch.equal(x1, x2)
+    assert not torch.equal(x1, fake_bundle.train.images)
+    assert not torch.equal(x2, x3)
+    assert sorted(y1.tolist()) == sorted(fake_bundle.train.targets.tolist())
+
+
+def test_loader_rejects_bad_batch_size(fake_bundle: DataBundle) -> None:
+    with pytest.raises(UsageError):
+        create_loaders(fake_bundle, 0)
