@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     net.to(accelerator.device)
     _, test_loader = create_loaders(data, args.batch_size)
     heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator)
-    seconds = {r["stage"]: r["time"] for r in run.read_metrics()}
+    seconds = run.stage_seconds()
     rows = result_rows(net, cfg.mode, heads, seconds)
     accelerator.print(format_table(rows))
     recorded = run.read_summary().get("final_test_acc")

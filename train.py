@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _, test_loader = create_loaders(data, cfg.batch_size, eval_batch_size=cfg.eval_batch_size)
     heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator)
-    seconds = {r["stage"]: r["time"] for r in run.read_metrics()}
+    seconds = run.stage_seconds()
     rows = result_rows(net, cfg.mode, heads, seconds)
     final = {"final_test_acc": rows[-1]["test_acc"], "stage_test_acc": heads["head_acc"],
              "ensemble_acc": heads["ensemble_acc"], "total_time_s": sum(seconds.values())}

@@ -86,14 +86,19 @@ class RunDir:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def stage_seconds(self) -> dict[int, float]:
+        """Wall time of each (0-based) stage, from its last metrics record."""
+        return {r["stage"] - 1: r["time"] for r in self.read_metrics()}
+
     def read_metrics(self) -> list[dict[str, Any]]:
+        """One record per epoch per stage; stage and epoch are 1-based, as printed."""
         if not self.metrics_path.exists():
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
 
     def truncate_metrics(self, stage: int, epoch: int) -> None:
-        """Drop records written after the state we resume from (stage, epoch), so none is duplicated."""
-        keep = [r for r in self.read_metrics() if "epoch" not in r or (r["stage"], r["epoch"]) <= (stage, epoch)]
+        """Drop records written after the state we resume from (0-based stage, epoch), so none is duplicated."""
+        keep = [r for r in self.read_metrics() if (r["stage"], r["epoch"]) <= (stage + 1, epoch + 1)]
         _atomic_write(self.metrics_path, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in keep)))
 
     # weights of finished stages and of the final model

@@ -56,6 +56,20 @@ def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == labels).sum()
 
 
+def train_step(prefix: nn.Module, model: nn.Module, optimizer, accelerator: Accelerator,
+               x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step of `model` on `prefix(x)`; the frozen prefix runs without a graph."""
+    with accelerator.accumulate(model):
+        with torch.no_grad(), accelerator.autocast():
+            x = prefix(x)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss, logits
+
+
 def train_one_epoch(stage: Stage, model: nn.Module, loader, optimizer, accelerator: Accelerator,
                     tracker: Tracker, step: int, progress: bool) -> tuple[float, float, int]:
     """One pass over the training data; returns (mean loss, train accuracy, global step)."""
@@ -65,14 +79,7 @@ def train_one_epoch(stage: Stage, model: nn.Module, loader, optimizer, accelerat
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = torch.zeros((), device=device, dtype=torch.long)
     for x, y in tqdm(loader, desc=stage.name, leave=False, disable=not progress):
-        with accelerator.accumulate(model):
-            with torch.no_grad(), accelerator.autocast():
-                x = stage.prefix(x)  # frozen: eval mode, no graph
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        loss, logits = train_step(stage.prefix, model, optimizer, accelerator, x, y)
         loss_sum += loss.detach() * y.numel()
         correct += accuracy_counts(logits.detach(), y)
         seen += y.numel()
@@ -129,7 +136,7 @@ def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, ru
         test_acc = evaluate(stage, model, test_loader, accelerator)
         seconds += time.perf_counter() - t0
         result = StageResult(stage.name, stage.index, test_acc, train_acc, loss, seconds)
-        record = {"stage": stage.index, "stage_name": stage.name, "epoch": epoch, "loss": loss,
+        record = {"stage": stage.index + 1, "stage_name": stage.name, "epoch": epoch + 1, "loss": loss,
                   "train_acc": train_acc, "test_acc": test_acc, "lr": lr, "time": seconds}
         tracker.log_epoch(record, step)
         if accelerator.is_main_process:

@@ -39,7 +39,8 @@ def test_paper_shapes():
     assert [s[0] for s in block_shapes(inet1, 3, 224)] == [256, 256, 512, 1024, 2048, 2048, 4096, 4096]
     assert block_shapes(inet1, 3, 224)[-1] == (4096, 7, 7)
     assert block_shapes(vgg, 3, 224)[-1] == (512, 14, 14)
-    assembled = sum(p.numel() for p in vgg.parameters()) - sum(p.numel() for h in vgg.heads[:-1] for p in h.parameters())
+    aux = sum(p.numel() for h in vgg.heads[:-1] for p in h.parameters())
+    assembled = sum(p.numel() for p in vgg.parameters()) - aux
     assert assembled == 132_868_840 - 2752  # torchvision's vgg11_bn, less its conv biases (redundant before BN)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in k1.modules())
 

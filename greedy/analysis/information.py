@@ -40,8 +40,7 @@ def _mixture_log_excess(
 ) -> torch.Tensor:
     """Draw t from the equal-weight mixture and return ln sum_j exp(-(|t-s_j|^2 - |t-s_i|^2)/(2 beta^2))."""
     n, _ = centers.shape
-    reps = -(-n_draws // n)
-    comp = torch.cat([torch.randperm(n, generator=generator) for _ in range(reps)])[:n_draws]
+    comp = torch.randperm(n, generator=generator)[torch.arange(n_draws) % n]  # every component equally often
     sq = (centers**2).sum(dim=1)
     out = torch.empty(n_draws, dtype=centers.dtype)
     for start in range(0, n_draws, chunk):

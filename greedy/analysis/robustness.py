@@ -36,10 +36,10 @@ def implied_distance(p: ArrayLike, sigma: float) -> np.ndarray:
     return np.where(pa >= 0.5, np.nan, d)
 
 
-def _predict(model: Model, x: torch.Tensor) -> torch.Tensor:
-    """Class predictions: argmax over the last axis of 2-D outputs (logits), 1-D outputs taken as labels."""
+def _predict(model: Model, x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """Class predictions on the CPU: argmax of 2-D outputs (logits), 1-D outputs taken as labels."""
     with torch.no_grad():
-        out = model(x)
+        out = model(x.to(device))
     out = out.detach().cpu()
     return out.argmax(dim=1) if out.ndim == 2 else out.reshape(-1).long()
 
@@ -53,10 +53,12 @@ def noise_error_rates(
     seed: int = 0,
     batch_size: int = 4096,
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
 ) -> dict[str, np.ndarray]:
     """Per-point error rates of `model` on X + N(0, sigma^2 I) (n_samples draws per point) for each sigma.
 
-    `model` maps a batch to logits (B x K, argmax taken) or to labels (B). Returns arrays indexed by sigma:
+    `model` maps a batch (moved to `device`; noise is drawn on the CPU) to logits (B x K, argmax taken) or
+    to labels (B). Returns arrays indexed by sigma:
     sigmas, clean_correct (N, bool), error_rate (S x N), mean_error (S), distance (S x N, implied_distance),
     median_distance (S), distance_from_mean_error (S); the module docstring defines the aggregates.
     """
@@ -66,7 +68,8 @@ def noise_error_rates(
         raise ValueError(f"X has {x.shape[0]} samples but y has {labels.shape[0]}")
     gen = torch.Generator().manual_seed(seed)
     n = x.shape[0]
-    clean = torch.cat([_predict(model, x[i:i + batch_size]) for i in range(0, n, batch_size)]) == labels
+    clean_pred = torch.cat([_predict(model, x[i:i + batch_size], device) for i in range(0, n, batch_size)])
+    clean = clean_pred == labels
     per_batch = max(1, batch_size // n_samples)
     rates = np.zeros((len(sigmas), n))
     for s_i, sigma in enumerate(sigmas):
@@ -74,7 +77,8 @@ def noise_error_rates(
             xb = x[start:start + per_batch]
             rep = xb.repeat_interleave(n_samples, dim=0)
             noisy = rep + sigma * torch.randn(rep.shape, generator=gen, dtype=dtype)
-            wrong = _predict(model, noisy) != labels[start:start + per_batch].repeat_interleave(n_samples)
+            target = labels[start:start + per_batch].repeat_interleave(n_samples)
+            wrong = _predict(model, noisy, device) != target
             rates[s_i, start:start + xb.shape[0]] = wrong.reshape(-1, n_samples).double().mean(1).numpy()
     sig = np.asarray(sigmas, dtype=np.float64)
     dist = np.stack([implied_distance(rates[i], s) for i, s in enumerate(sig)]) if len(sig) else rates
