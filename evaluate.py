@@ -6,12 +6,10 @@
 
 from __future__ import annotations
 
-import sys
-
 from greedy.checkpoint import RunDir, load_into, load_safetensors
 from greedy.config import build_config, make_parser
 from greedy.data import create_datasets, create_loaders
-from greedy.errors import UsageError
+from greedy.errors import UsageError, run_cli
 from greedy.models import create_greedy_net
 from greedy.summary import format_table, result_rows
 from greedy.trainer import evaluate_heads, make_accelerator
@@ -59,8 +57,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

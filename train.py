@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from greedy.builder import GreedyBuilder
 from greedy.checkpoint import RunDir, load_into, load_safetensors
 from greedy.config import Config, build_config, config_arguments, load_yaml, make_parser, overrides_from_args
 from greedy.data import create_datasets, create_loaders, dataset_info
-from greedy.errors import UsageError
+from greedy.errors import UsageError, run_cli
 from greedy.models import create_greedy_net
 from greedy.summary import describe_model, format_table, result_rows
 from greedy.tracking import Tracker
@@ -128,8 +127,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -54,15 +54,21 @@ def _mixture_log_excess(
 
 
 def gaussian_mixture_entropy(
-    centers: ArrayLike, beta: float, mc_samples: int = 10000, seed: int = 0, chunk: int = 1024
+    centers: ArrayLike, beta: float, mc_samples: int = 10000, seed: int = 0, chunk: int | None = None
 ) -> dict[str, float]:
-    """Monte-Carlo entropy in nats of (1/n) sum_i N(centers_i, beta^2 I), with its standard error."""
+    """Monte-Carlo entropy in nats of (1/n) sum_i N(centers_i, beta^2 I), with its (iid) standard error.
+
+    Draws are processed `chunk` at a time (default: chunk * n <= 2^23, about 64 MiB of distances).
+    """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     c = to_tensor(centers)
     c = c.reshape(c.shape[0], -1)
     n, d = c.shape
+    if mc_samples < 1:
+        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
     gen = torch.Generator().manual_seed(seed)
+    chunk = chunk or max(1, min(4096, 2**23 // n))
     excess = _mixture_log_excess(c, beta, mc_samples, gen, chunk)
     h = gaussian_entropy(d, beta) + math.log(n) - float(excess.mean())
     stderr = float(excess.std()) / math.sqrt(mc_samples) if mc_samples > 1 else float("nan")

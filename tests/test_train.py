@@ -1,0 +1,83 @@
+"""train.py and evaluate.py end to end on digits: accuracy, freezing, reproduction, bad input."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import TINY, cli, summary, tree_digest
+
+
+@pytest.fixture(scope="module")
+def greedy_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    proc = cli("train.py", *TINY, "--out-dir", str(out), "--name", "greedy")
+    return out / "greedy", proc
+
+
+def test_greedy_digits_accuracy_rises_above_chance(greedy_run):
+    run, proc = greedy_run
+    accs = summary(run)["stage_test_acc"]
+    assert len(accs) == 3
+    assert min(accs) > 0.5  # chance is 0.1
+    assert accs[1] > accs[0] and accs[2] >= accs[1]
+    assert "final test accuracy" in proc.stdout and "ensemble_acc" in proc.stdout
+    names = {p.name for p in run.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "stage1.safetensors", "stage3.safetensors", "model.safetensors"} <= names
+    assert not any(n.startswith("state-") for n in names)  # finished stages keep only their weights
+
+
+def test_frozen_blocks_bit_identical_after_later_stages(greedy_run):
+    run, _ = greedy_run
+    final = load_file(run / "model.safetensors")
+    for j in (1, 2):
+        stage = load_file(run / f"stage{j}.safetensors")
+        block = {k: v for k, v in stage.items() if k.startswith(f"blocks.{j - 1}.")}
+        assert any("running_mean" in k for k in block)  # BatchNorm statistics are checked too
+        for key, value in block.items():
+            assert torch.equal(final[key], value), key
+
+
+def test_evaluate_reproduces_training(greedy_run):
+    run, _ = greedy_run
+    out = cli("evaluate.py", str(run)).stdout
+    final = summary(run)["final_test_acc"]
+    assert f"final test accuracy: {final:.4f} (training recorded {final:.4f})" in out
+
+
+def test_metrics_jsonl_has_every_epoch(greedy_run):
+    import json
+
+    run, _ = greedy_run
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in records] == [(s, e) for s in (1, 2, 3) for e in (1, 2, 3)]
+    assert {"loss", "train_acc", "test_acc", "lr", "time"} <= set(records[0])
+
+
+def test_e2e_baseline_same_config(tmp_path):
+    proc = cli("train.py", *TINY, "--mode", "e2e", "--out-dir", str(tmp_path), "--name", "e2e")
+    result = summary(tmp_path / "e2e")
+    assert result["mode"] == "e2e" and len(result["rows"]) == 1
+    assert result["final_test_acc"] > 0.5
+    assert "e2e" in proc.stdout.split("final test accuracy")[0]  # same table format, one e2e row
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--widht", "3"], "unrecognized arguments: --widht"),
+    (["--k", "4"], "outside 1..3"),
+    (["--downsample", "5"], "do not exist"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "does not exist"),
+    (["--name", "existing"], "already exists"),
+    (["--resume", "NOT_A_RUN"], "not a run directory"),
+])
+def test_bad_input_one_line_exit_2_nothing_touched(tmp_path, args, fragment):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "config.yaml").write_text("k: 2\n")
+    (existing / "model.safetensors").write_bytes(b"precious")
+    before = tree_digest(tmp_path)
+    args = [a.replace("NOT_A_RUN", str(tmp_path)) for a in args]
+    proc = cli("train.py", *TINY, "--out-dir", str(tmp_path), *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert fragment in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert tree_digest(tmp_path) == before
