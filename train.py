@@ -2,21 +2,24 @@
 
     python train.py -c configs/digits_k2.yaml [--key value ...]
     python train.py -c configs/digits_k2.yaml --mode e2e
+    python train.py -c configs/digits_k2.yaml --mode decoupled
     python train.py --resume runs/NAME
     accelerate launch --multi_gpu --num_processes 8 train.py -c configs/imagenet_k3.yaml
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from accelerate.utils import broadcast_object_list, set_seed
 
-from greedy.builder import GreedyBuilder
+from greedy.builder import GreedyBuilder, Stage
+from greedy.cache import FeatureCache, cache_enabled
 from greedy.checkpoint import RunDir, load_into, load_safetensors
 from greedy.config import Config, build_config, config_arguments, load_yaml, make_parser, overrides_from_args
-from greedy.data import create_datasets, create_loaders, dataset_info
+from greedy.data import DataBundle, create_datasets, create_loaders, dataset_info
 from greedy.errors import UsageError, run_cli
 from greedy.models import create_greedy_net
 from greedy.summary import describe_model, format_table, result_rows
@@ -24,7 +27,7 @@ from greedy.tracking import Tracker
 from greedy.trainer import evaluate_heads, make_accelerator, train_stage
 
 # Keys that may differ on --resume: they change how a run executes, not what it computes.
-RESUME_MUTABLE = ("no_progress", "num_workers", "pin_memory", "data_dir")
+RESUME_MUTABLE = ("no_progress", "num_workers", "pin_memory", "persistent_workers", "data_dir", "cache_budget_gb")
 
 
 def get_args_parser():
@@ -64,6 +67,19 @@ def print_model(cfg: Config) -> None:
     print(format_table(describe_model(net, info.in_chans, img_size)))
 
 
+def stage_loaders(cfg: Config, data: DataBundle, stage: Stage, cache: FeatureCache | None, net) -> tuple:
+    """The stage (its prefix replaced when it trains on cached features) and its (train, test) loaders."""
+    if cache is None:
+        return stage, create_loaders(data, cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+                                     num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
+                                     persistent_workers=cfg.persistent_workers)
+    if cache.stage is not None and cache.stage == stage.index - 1:
+        cache.advance(net.blocks[stage.index - 1])
+    else:  # the first stage, or the first one trained after a resume: from the (loaded) frozen prefix
+        cache.build(stage.prefix, data, stage.index, cfg.num_workers)
+    return replace(stage, prefix=cache.prefix()), cache.loaders(cfg.batch_size, cfg.eval_batch_size, cfg.pin_memory)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cfg, run = resolve_config(args)
@@ -74,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = make_accelerator(cfg)
     say = accelerator.print
     set_seed(cfg.seed)  # the same initial weights on every rank
-    data = create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment=cfg.augment,
-                           download=cfg.download)
+    use_cache = cache_enabled(cfg, say)
+    data = create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size,
+                           augment="none" if use_cache else cfg.augment, download=cfg.download)
     if cfg.num_classes not in (None, data.num_classes):
         raise UsageError(f"config key 'num_classes' is {cfg.num_classes} but {cfg.dataset} in {cfg.data_dir} "
                          f"has {data.num_classes} classes; drop the key or fix the data")
@@ -91,30 +108,38 @@ def main(argv: list[str] | None = None) -> int:
     say(f"run directory: {run.path}")
     tracker = Tracker(accelerator, cfg, run, say)
     resume = run.latest_state()
-    if resume is not None and accelerator.is_main_process:
-        run.truncate_metrics(resume[0], resume[1])
 
     builder = GreedyBuilder(net, cfg.mode)
-    for i in range(builder.num_stages):
-        stage = builder.stage(i)
-        weights = run.stage_weights_path(stage.name)
-        if weights.exists():  # finished before a resume
-            load_into(net, load_safetensors(weights), weights, strict=False)
-            continue
-        loaders = create_loaders(data, cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                                 num_workers=cfg.num_workers, pin_memory=cfg.pin_memory)
-        resume_from = resume[2] if resume is not None and resume[0] == stage.index else None
-        train_stage(stage, cfg, accelerator, loaders, run, tracker, resume_from, say)
-        if accelerator.is_main_process:
-            run.save_weights(weights, builder.stage_state_dict(stage))
-        run.drop_states(accelerator)
+    cache = FeatureCache.for_run(cfg, accelerator, run.path, say) if use_cache else None
+    try:
+        for i in range(builder.num_stages):
+            stage = builder.stage(i)
+            weights = run.stage_weights_path(stage.name)
+            if weights.exists():  # finished before a resume
+                load_into(net, load_safetensors(weights), weights, strict=False)
+                continue
+            resume_from = resume[2] if resume is not None and resume[0] == stage.index else None
+            if resume_from is not None:  # check first: a corrupt checkpoint must not cost the metrics already saved
+                run.verify_state(resume_from)
+                if accelerator.is_main_process:
+                    run.truncate_metrics(resume[0], resume[1], by_epoch=stage.decoupled)
+            stage, loaders = stage_loaders(cfg, data, stage, cache, net)
+            train_stage(stage, cfg, accelerator, loaders, run, tracker, resume_from, say)
+            if accelerator.is_main_process:
+                run.save_weights(weights, builder.stage_state_dict(stage))
+            run.drop_states(accelerator)
+    finally:
+        if cache is not None:
+            cache.close()
 
     _, test_loader = create_loaders(data, cfg.batch_size, eval_batch_size=cfg.eval_batch_size)
-    heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator)
+    heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator, cfg.channels_last)
     seconds = run.stage_seconds()
     rows = result_rows(net, cfg.mode, heads, seconds)
+    # decoupled: every block's records carry the time of the one joint pass
+    total = max(seconds.values()) if cfg.mode == "decoupled" else sum(seconds.values())
     final = {"final_test_acc": rows[-1]["test_acc"], "stage_test_acc": heads["head_acc"],
-             "ensemble_acc": heads["ensemble_acc"], "total_time_s": sum(seconds.values())}
+             "ensemble_acc": heads["ensemble_acc"], "total_time_s": total}
     if accelerator.is_main_process:
         run.save_weights(run.path / "model.safetensors",
                          {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import load as accelerate_load  # torch.load with weights_only=True
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -96,9 +97,13 @@ class RunDir:
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
 
-    def truncate_metrics(self, stage: int, epoch: int) -> None:
-        """Drop records written after the state we resume from (0-based stage, epoch), so none is duplicated."""
-        keep = [r for r in self.read_metrics() if (r["stage"], r["epoch"]) <= (stage + 1, epoch + 1)]
+    def truncate_metrics(self, stage: int, epoch: int, by_epoch: bool = False) -> None:
+        """Drop records written after the state we resume from (0-based stage, epoch), so none is duplicated.
+
+        by_epoch: the run trains all its blocks in each epoch (decoupled), so keep every block's records up to epoch.
+        """
+        last = (epoch + 1,) if by_epoch else (stage + 1, epoch + 1)
+        keep = [r for r in self.read_metrics() if ((r["epoch"],) if by_epoch else (r["stage"], r["epoch"])) <= last]
         _atomic_write(self.metrics_path, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in keep)))
 
     # weights of finished stages and of the final model
@@ -152,6 +157,20 @@ class RunDir:
                 if (s, e) != (stage, epoch):
                     shutil.rmtree(path)
         accelerator.wait_for_everyone()
+
+    def verify_state(self, path: Path) -> None:
+        """Read every file of a saved state once, so a corrupt one is reported before anything is changed."""
+        for file in sorted(path.iterdir()):
+            try:
+                if file.suffix == ".safetensors":
+                    load_file(str(file))
+                elif file.suffix in (".bin", ".pkl"):
+                    accelerate_load(file, map_location="cpu")
+                elif file.suffix == ".json":
+                    json.loads(file.read_text())
+            except Exception as err:  # any failure to read means the same thing to the user
+                raise UsageError(f"checkpoint {file} is corrupt or truncated ({type(err).__name__}); delete "
+                                 f"{path} to resume from the epoch before") from None
 
     def load_state(self, accelerator, path: Path) -> dict[str, Any]:
         try:
