@@ -1,0 +1,33 @@
+"""The same train.py under accelerate: 2 processes on CPU (gloo), and bf16 mixed precision."""
+
+import sys
+
+import pytest
+
+from tests.helpers import TINY, cli, summary
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    cli("train.py", *TINY, "--out-dir", str(out), "--name", "fp32")
+    return summary(out / "fp32")
+
+
+def test_two_processes_match_one(single_process, tmp_path):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    proc = cli(*launch[1:], "train.py", *TINY, "--out-dir", str(tmp_path), "--name", "ddp",
+               env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+    result = summary(tmp_path / "ddp")
+    assert result["num_processes"] == 2
+    digests = result["rank_weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]  # every stage's weights identical across ranks
+    assert abs(result["final_test_acc"] - single_process["final_test_acc"]) <= 0.015
+    assert proc.stdout.count("final test accuracy") == 1  # only the main process prints
+
+
+def test_bf16_close_to_fp32(single_process, tmp_path):
+    cli("train.py", *TINY, "--mixed-precision", "bf16", "--out-dir", str(tmp_path), "--name", "bf16")
+    result = summary(tmp_path / "bf16")
+    assert abs(result["final_test_acc"] - single_process["final_test_acc"]) <= 0.015
