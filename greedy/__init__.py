@@ -1,3 +1,20 @@
 """greedy: greedy layerwise training of CNNs with auxiliary problems."""
 
+import sys
+
 __version__ = "0.1.0"
+
+
+def _import_timm_without_wandb() -> None:
+    """timm imports wandb whenever it is installed; wandb must load only for runs that ask for it (--wandb)."""
+    if "timm" in sys.modules or "wandb" in sys.modules:
+        return
+    sys.modules["wandb"] = None  # `import wandb` raises ImportError, which timm tolerates
+    try:
+        import timm  # noqa: F401
+    finally:
+        if sys.modules.get("wandb", 0) is None:
+            del sys.modules["wandb"]
+
+
+_import_timm_without_wandb()

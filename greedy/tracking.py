@@ -35,9 +35,12 @@ class Tracker:
         self.use_wandb = cfg.tracker == "wandb"
         self.say = say
         self.wandb_run = None
+        self.step = 0  # optimisation steps so far, over all stages
         if self.use_wandb:
             if "WANDB_MODE" not in os.environ and not _wandb_credentials():
                 os.environ["WANDB_MODE"] = "offline"  # no credentials: run offline rather than prompt
+            if os.environ.get("WANDB_MODE") == "offline":
+                os.environ.setdefault("WANDB_SILENT", "true")  # finish() says where the run is, in one line
             config = {**cfg.to_dict(), "run_dir": str(run.path)}
             accelerator.init_trackers(cfg.wandb_project, config=config, init_kwargs=tracker_init_kwargs(cfg, run))
             if accelerator.is_main_process:

@@ -1,0 +1,48 @@
+"""W&B through accelerate's tracker: offline runs, per-stage history, shared experiment group."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT, TINY, cli
+from tests.wandb_log import read_offline_run
+
+
+@pytest.fixture(scope="module")
+def offline_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wandb")
+    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "HOME": str(out)}  # no credentials anywhere
+    procs = {mode: cli("train.py", *TINY, "--epochs", "2", "--mode", mode, "--wandb", "--experiment", "cmp",
+                       "--out-dir", str(out), "--name", mode, env=env) for mode in ("greedy", "e2e")}
+    return out, procs
+
+
+def test_offline_history_holds_every_stage_accuracy(offline_runs):
+    out, procs = offline_runs
+    run, history = read_offline_run(out / "greedy")
+    for stage in ("stage1", "stage2", "stage3"):
+        epochs = [row[f"{stage}/epoch"] for row in history if f"{stage}/test_acc" in row]
+        assert epochs == [1, 2], stage
+    assert any("train/loss" in row and "train/lr" in row for row in history)
+    assert "wandb sync" in procs["greedy"].stdout  # one line says where the offline run is
+
+
+def test_greedy_and_e2e_share_the_experiment_group(offline_runs):
+    out, _ = offline_runs
+    greedy, _ = read_offline_run(out / "greedy")
+    e2e, history = read_offline_run(out / "e2e")
+    assert greedy.run_group == e2e.run_group == "cmp"
+    assert (greedy.job_type, e2e.job_type) == ("greedy", "e2e")
+    assert [row["e2e/epoch"] for row in history if "e2e/test_acc" in row] == [1, 2]
+
+
+def test_without_wandb_flag_wandb_is_never_imported(tmp_path):
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['train.py', *{TINY!r}, '--epochs', '1', '--out-dir', {str(tmp_path)!r}]\n"
+        "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code\n"
+        "print('wandb imported:', 'wandb' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert "wandb imported: False" in proc.stdout, proc.stdout + proc.stderr
