@@ -2,10 +2,23 @@
 
     python evaluate.py runs/NAME
     python evaluate.py runs/NAME --data-dir /elsewhere
+    python evaluate.py runs/NAME --analysis all [--compare runs/OTHER] [--wandb]   (docs/ANALYSIS.md)
 """
 
 from __future__ import annotations
 
+import sys
+
+from greedy.analysis.report import (
+    LoadedRun,
+    add_analysis_arguments,
+    analyse,
+    check_flags,
+    log_wandb,
+    settings_from_args,
+    summary_rows,
+    write_outputs,
+)
 from greedy.checkpoint import RunDir, load_into, load_safetensors
 from greedy.config import build_config, make_parser
 from greedy.data import create_datasets, create_loaders
@@ -20,6 +33,7 @@ def get_args_parser():
     parser.add_argument("run_dir", help="runs/NAME")
     parser.add_argument("--data-dir", help="where the data set lives now, if not where it was during training")
     parser.add_argument("--batch-size", type=int, default=256)
+    add_analysis_arguments(parser)
     return parser
 
 
@@ -39,13 +53,11 @@ def load_trained(run: RunDir, data_dir: str | None = None):
     return cfg, data, net
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    run = RunDir.open(args.run_dir)
-    cfg, data, net = load_trained(run, args.data_dir)
+def evaluate_run(run: RunDir, cfg, data, net, batch_size: int) -> None:
+    """Print the per-stage table and the final test accuracy (against the one recorded in training)."""
     accelerator = make_accelerator(cfg)
     net.to(accelerator.device)
-    _, test_loader = create_loaders(data, args.batch_size)
+    _, test_loader = create_loaders(data, batch_size)
     heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator)
     seconds = run.stage_seconds()
     rows = result_rows(net, cfg.mode, heads, seconds)
@@ -53,6 +65,35 @@ def main(argv: list[str] | None = None) -> int:
     recorded = run.read_summary().get("final_test_acc")
     accelerator.print(f"final test accuracy: {rows[-1]['test_acc']:.4f}"
                       + (f" (training recorded {recorded:.4f})" if recorded is not None else ""))
+
+
+def run_layer_analysis(args, names: list[str], target: LoadedRun, argv: list[str]) -> None:
+    """Probe the run's layers (and --compare's), write analysis.json and the PNGs, optionally log to W&B."""
+    settings = settings_from_args(args)
+    other = None
+    if args.compare:
+        other_run = RunDir.open(args.compare)
+        other = LoadedRun(other_run, *load_trained(other_run, args.data_dir))
+        other.net.to(next(target.net.parameters()).device)
+    analysis = analyse(target, names, settings, other, command=" ".join(["evaluate.py", *argv]))
+    path, pngs = write_outputs(target.run, analysis)
+    for run in analysis["runs"]:
+        print(f"\nanalysis of {run['label']}:\n{format_table(summary_rows(run))}")
+    print(f"\nanalysis ({', '.join(names)}) in {analysis['seconds']['total']:.1f}s: {path}, "
+          f"{len(pngs)} plots in {path.parent / 'analysis'}")
+    if args.wandb:
+        log_wandb(target, analysis, pngs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = get_args_parser().parse_args(argv)
+    names = check_flags(args)  # bad --analysis names fail before anything is loaded
+    run = RunDir.open(args.run_dir)
+    cfg, data, net = load_trained(run, args.data_dir)
+    evaluate_run(run, cfg, data, net, args.batch_size)
+    if names:
+        run_layer_analysis(args, names, LoadedRun(run, cfg, data, net), argv)
     return 0
 
 

@@ -1,0 +1,297 @@
+"""PNG figures of an analysis (the dict written to analysis.json); runs A and B share every plot.
+
+Uses matplotlib's object API with the Agg canvas only: no pyplot, no display, no global state.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
+from PIL import Image
+
+COLORS = ("C0", "C3", "C2", "C1")
+DPI = 110
+Run = dict[str, Any]  # one entry of analysis["runs"]: label, results, ...
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Write the figure as a 256-colour palette PNG (a third of the RGBA size, same look for line plots)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=DPI, format="png", facecolor="white")
+    buf.seek(0)
+    Image.open(buf).convert("RGB").quantize(colors=256).save(path, optimize=True)
+
+
+def _num(value: Any) -> float:
+    """A JSON number (None for non-finite) as a float, nan for None."""
+    return float("nan") if value is None else float(value)
+
+
+def _x(entry: dict[str, Any]) -> float:
+    """Plot position of a layer: its depth; a head's hidden layer sits a quarter step per layer after its block."""
+    return entry["depth"] + 0.25 * entry.get("hidden", 0) if entry["kind"] == "head" else entry["depth"]
+
+
+def _hidden_index(results: dict[str, Any]) -> dict[str, int]:
+    """Layer name -> index of a head's hidden layer (from the run's layer list)."""
+    return {la["name"]: la.get("hidden", 0) for la in results.get("layers", [])}
+
+
+def _series(run: Run, family: str, key: str, kinds: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of one per-layer value over the layers of the given kinds."""
+    hidden = _hidden_index(run["results"])
+    rows = [e for e in run["results"][family]["layers"] if e["kind"] in kinds]
+    xs = [_x({**e, "hidden": hidden.get(e["layer"], 0)}) for e in rows]
+    return np.array(xs, dtype=float), np.array([_num(e.get(key)) for e in rows])
+
+
+def _depth_plot(ax: Axes, runs: list[Run], family: str, key: str, label: str = "", style: str = "-",
+                marker: str = "o") -> None:
+    """One line per run over input/block depths, head hidden layers as unconnected markers."""
+    for color, run in zip(COLORS, runs, strict=False):
+        xs, ys = _series(run, family, key, ("input", "block"))
+        ax.plot(xs, ys, style, marker=marker, color=color, label=f"{run['label']}{label}")
+        hx, hy = _series(run, family, key, ("head",))
+        if hx.size:
+            ax.plot(hx, hy, linestyle="none", marker="x", color=color, label=f"{run['label']} head hidden{label}")
+
+
+def _depth_axis(ax: Axes, runs: list[Run], family: str, ylabel: str, title: str = "") -> None:
+    """Integer depth ticks labelled input / block j, grid, labels, legend."""
+    depths = sorted({e["depth"] for run in runs for e in run["results"][family]["layers"]})
+    ax.set_xticks(depths, ["input" if d == 0 else f"block{d}" for d in depths])
+    ax.set_xlabel("depth")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _log_axis(ax: Axes, axis: str = "y", ticks: list[float] | None = None) -> None:
+    """Log scale with plain-number labels (major ticks only; `ticks` if given)."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    if ticks is not None:
+        target.set_ticks(ticks)
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
+def _figure(ncols: int, title: str, width: float = 4.6, height: float = 3.6) -> tuple[Figure, list[Axes]]:
+    """A one-row figure with a suptitle."""
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0].tolist()
+    fig.suptitle(title, fontsize=11)
+    return fig, axes
+
+
+def plot_probes(runs: list[Run], path: Path) -> None:
+    """Linear-probe (train and test) and kNN accuracy by depth."""
+    fams = [f for f in ("linear", "knn") if f in runs[0]["results"]]
+    fig, axes = _figure(len(fams), "Probe accuracy by depth (test subset)")
+    for ax, fam in zip(axes, fams, strict=True):
+        if fam == "linear":
+            _depth_plot(ax, runs, "linear", "test_acc", " test")
+            _depth_plot(ax, runs, "linear", "train_acc", " train", style=":", marker=".")
+            k = runs[0]["results"]["linear"]["settings"]
+            _depth_axis(ax, runs, fam, "accuracy", f"linear probe (logistic regression, C={k['linear_c']})")
+        else:
+            _depth_plot(ax, runs, "knn", "test_acc")
+            _depth_axis(ax, runs, fam, "accuracy", f"k-NN probe (k={runs[0]['results']['knn']['settings']['knn_k']})")
+    _save(fig, path)
+
+
+def plot_clustering(runs: list[Run], path: Path) -> None:
+    """Tr(S_W)/Tr(S_B), NC1 and silhouette by depth."""
+    fig, axes = _figure(3, "Class clustering by depth (test subset)")
+    for ax, key, ylabel in ((axes[0], "ratio", "Tr(S_W) / Tr(S_B)"), (axes[1], "nc1", "NC1"),
+                            (axes[2], "silhouette", "silhouette")):
+        _depth_plot(ax, runs, "clustering", key)
+        _depth_axis(ax, runs, "clustering", ylabel, {"ratio": "within / between scatter (lower: tighter)",
+                                                     "nc1": "neural collapse NC1 (lower: more collapsed)",
+                                                     "silhouette": "silhouette (higher: better separated)"}[key])
+    _save(fig, path)
+
+
+def plot_information(runs: list[Run], path: Path) -> None:
+    """I(X;T_l) by depth, H(Bin(T_l)) next to it, and the plane of I(X;T_l) against probe accuracy."""
+    res = runs[0]["results"]
+    have = [f for f in ("information", "binned_entropy") if f in res]
+    plane = "information" in res and "linear" in res
+    fig, axes = _figure(len(have) + plane, "Information by depth")
+    for ax, fam in zip(axes, have, strict=False):
+        key = "mi_nats" if fam == "information" else "h_bin"
+        _depth_plot(ax, runs, fam, key)
+        s = res[fam]["settings"]
+        if fam == "information":
+            _error_bars(ax, runs)
+            title = f"I(X;T_l), noisy net (SP, beta={s['beta']}, d={s['info_dim']})"
+        else:
+            title = f"H(Bin(T_l)), deterministic net ({s['n_bins']} bins, d={s['info_dim']})"
+        ax.axhline(res[fam]["max_nats"], color="gray", linestyle="--", linewidth=1, label="ln n (max)")
+        _depth_axis(ax, runs, fam, "nats", title)
+    if plane:
+        _information_plane(axes[-1], runs)
+    _save(fig, path)
+
+
+def _error_bars(ax: Axes, runs: list[Run]) -> None:
+    """Monte-Carlo standard errors of the block-layer I(X;T_l) estimates."""
+    for color, run in zip(COLORS, runs, strict=False):
+        xs, ys = _series(run, "information", "mi_nats", ("block",))
+        _, err = _series(run, "information", "stderr_nats", ("block",))
+        ax.errorbar(xs, ys, yerr=err, fmt="none", ecolor=color, capsize=3)
+
+
+def _information_plane(ax: Axes, runs: list[Run]) -> None:
+    """I(X;T_l) against the linear probe's test accuracy, one point per block, labelled by depth."""
+    for color, run in zip(COLORS, runs, strict=False):
+        info = {e["layer"]: e for e in run["results"]["information"]["layers"] if e["kind"] == "block"}
+        lin = {e["layer"]: e for e in run["results"]["linear"]["layers"]}
+        names = [n for n in info if n in lin]
+        xs = [info[n]["mi_nats"] for n in names]
+        ys = [lin[n]["test_acc"] for n in names]
+        ax.plot(xs, ys, "-o", color=color, label=run["label"])
+        for n, xv, yv in zip(names, xs, ys, strict=True):
+            ax.annotate(n.replace("block", ""), (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=8,
+                        color=color)
+    ax.set_xlabel("I(X;T_l) [nats]")
+    ax.set_ylabel("linear probe test accuracy")
+    ax.set_title("information plane (numbers: depth)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _heatmap(fig: Figure, ax: Axes, matrix: np.ndarray, rows: list[str], cols: list[str], title: str) -> None:
+    """A CKA matrix in [0, 1] with its values written in the cells."""
+    im = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    if matrix.size <= 144:
+        for (i, j), v in np.ndenumerate(matrix):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+
+
+def plot_cka(runs: list[Run], path: Path) -> None:
+    """Linear CKA between every pair of layers, one heatmap per run."""
+    fig, axes = _figure(len(runs), "Linear CKA between layers (test subset)", width=5.0, height=4.4)
+    for ax, run in zip(axes, runs, strict=True):
+        cka = run["results"]["cka"]
+        m = np.array([[_num(v) for v in row] for row in cka["matrix"]])
+        _heatmap(fig, ax, m, cka["names"], cka["names"], run["label"])
+    _save(fig, path)
+
+
+def plot_cka_compare(runs: list[Run], compare: dict[str, Any], path: Path) -> None:
+    """Linear CKA between the layers of run A (rows) and run B (columns)."""
+    fig, axes = _figure(1, "Linear CKA, run A vs run B (same test inputs)", width=5.6, height=4.8)
+    m = np.array([[_num(v) for v in row] for row in compare["matrix"]])
+    _heatmap(fig, axes[0], m, [f"A {n}" for n in compare["names_a"]], [f"B {n}" for n in compare["names_b"]],
+             f"A = {runs[0]['label']}\nB = {runs[1]['label']}")
+    _save(fig, path)
+
+
+def plot_noise(runs: list[Run], path: Path) -> None:
+    """Test error under Gaussian input noise, and the implied distance to the error set, against sigma."""
+    fig, axes = _figure(2, "Gaussian input noise (Ford et al. 2019)")
+    for color, run in zip(COLORS, runs, strict=False):
+        noise = run["results"]["noise"]
+        sig = np.array(noise["sigmas"], dtype=float)
+        for i, model in enumerate(noise["models"]):
+            style = "-" if model["model"] == "final" else (":", "-.", "--")[i % 3]
+            label = f"{run['label']} {model['model']}"
+            axes[0].plot(sig, model["mean_error"], style, marker="o", color=color, label=label)
+            axes[1].plot(sig, [_num(v) for v in model["distance_from_mean_error"]], style, marker="o", color=color,
+                         label=f"{label}: from mean error")
+            axes[1].plot(sig, [_num(v) for v in model["median_distance"]], style, marker="s", color=color,
+                         alpha=0.5, label=f"{label}: median per point")
+    axes[0].set_ylabel("test error on x + N(0, sigma^2 I)")
+    axes[0].set_title("error in noise", fontsize=10)
+    axes[1].set_ylabel("implied distance -sigma Phi^-1(p)")
+    axes[1].set_title("implied distance (missing: p = 0 or p >= 1/2)", fontsize=10)
+    sigmas = [float(v) for v in runs[0]["results"]["noise"]["sigmas"]]
+    for ax in axes:
+        _log_axis(ax, "x", sigmas)
+        ax.set_xlabel("sigma (input units)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_spectrum(runs: list[Run], path: Path) -> None:
+    """Power-law alpha of every conv/linear layer; hollow: too few eigenvalues; x: untrained head."""
+    names = list(dict.fromkeys(e["layer"] for run in runs for e in run["results"]["spectrum"]["layers"]))
+    fig, axes = _figure(1, "Heavy-tailed weight spectra (Martin & Mahoney)", width=max(6.0, 0.8 * len(names)))
+    ax = axes[0]
+    ax.axhspan(2.0, 6.0, color="green", alpha=0.08, label="2 < alpha < 6")
+    offsets = np.linspace(-0.12, 0.12, len(runs)) if len(runs) > 1 else [0.0]
+    for color, run, off in zip(COLORS, runs, offsets, strict=False):
+        for e in run["results"]["spectrum"]["layers"]:
+            if e.get("alpha") is None:
+                continue
+            marker = "x" if not e["trained"] else "o"
+            face = color if e["reliable"] or marker == "x" else "none"
+            ax.plot(names.index(e["layer"]) + off, e["alpha"], marker=marker, color=color, markerfacecolor=face,
+                    linestyle="none")
+        ax.plot([], [], "o", color=color, label=run["label"])
+    few = runs[0]["results"]["spectrum"]["settings"]["min_eigs_reliable"]
+    ax.plot([], [], "o", color="gray", markerfacecolor="none", label=f"< {few} eigenvalues (unreliable)")
+    ax.plot([], [], "x", color="gray", label="untrained head")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    alphas = [e["alpha"] for run in runs for e in run["results"]["spectrum"]["layers"] if e.get("alpha")]
+    _log_axis(ax, "y", [t for t in (1, 1.5, 2, 3, 4, 6, 10, 20, 50, 100) if t <= max(alphas + [6.0]) * 1.2])
+    ax.set_ylabel("alpha")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_regions(runs: list[Run], path: Path) -> None:
+    """Linear regions per unit length per neuron, and the mean distance to the nearest boundary, by depth."""
+    fig, axes = _figure(3, "Linear regions along segments from test inputs (Hanin & Rolnick 2019)")
+    for ax, key, ylabel in ((axes[0], "regions_per_length", "regions per unit length"),
+                            (axes[1], "regions_per_length_per_neuron", "regions / length / neuron"),
+                            (axes[2], "mean_boundary_distance", "mean distance to nearest boundary")):
+        _depth_plot(ax, runs, "regions", key)
+        _depth_axis(ax, runs, "regions", ylabel)
+    axes[1].set_ylim(bottom=0)
+    axes[2].set_ylim(bottom=0)
+    _save(fig, path)
+
+
+PLOTS: dict[str, tuple[tuple[str, ...], Callable[[list[Run], Path], None]]] = {
+    "probes.png": (("linear", "knn"), plot_probes),
+    "clustering.png": (("clustering",), plot_clustering),
+    "information.png": (("information", "binned_entropy"), plot_information),
+    "cka.png": (("cka",), plot_cka),
+    "noise.png": (("noise",), plot_noise),
+    "spectrum.png": (("spectrum",), plot_spectrum),
+    "regions.png": (("regions",), plot_regions),
+}
+
+
+def make_plots(analysis: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Write every plot whose families were run into out_dir; return the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = analysis["runs"]
+    written = []
+    for name, (families, plot) in PLOTS.items():
+        if any(f in runs[0]["results"] for f in families):
+            plot(runs, out_dir / name)
+            written.append(out_dir / name)
+    compare = analysis.get("compare", {}).get("cka")
+    if compare is not None and len(runs) > 1:
+        plot_cka_compare(runs, compare, out_dir / "cka_compare.png")
+        written.append(out_dir / "cka_compare.png")
+    return written
+

@@ -1,0 +1,183 @@
+"""`evaluate.py RUN --analysis`: every probe family on a tiny greedy run compared with an e2e one."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate
+from greedy.analysis.report import LoadedRun, check_flags, json_safe, log_wandb, parse_names, settings_from_args
+from greedy.analysis.runner import FAMILIES, AnalysisSettings, run_analysis
+from greedy.checkpoint import RunDir
+from greedy.data import create_datasets
+from greedy.errors import UsageError
+from greedy.models import GreedyNet
+from tests.helpers import ROOT, cli, tree_digest
+
+TRAIN = ["-c", "configs/digits_k2.yaml", "--widths", "16,16,32", "--downsample", "3", "--epochs", "2", "--k", "1",
+         "--no-progress"]
+SMALL = ["--analysis-samples", "200", "--mc-samples", "300", "--segments", "2", "--noise-samples", "4",
+         "--sigmas", "0.5,1,2"]
+PNGS = {"probes", "clustering", "information", "cka", "cka_compare", "noise", "spectrum", "regions"}
+# One torch thread: on a shared 2-core machine two OpenMP threads spin against other processes (5x slower).
+ENV = {"OMP_NUM_THREADS": "1"}
+PER_DEPTH = {"linear": 0, "knn": 0, "clustering": 0, "cka": 0, "binned_entropy": 1, "information": 1, "regions": 1}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    for name, mode in (("a", "greedy"), ("b", "e2e")):
+        cli("train.py", *TRAIN, "--mode", mode, "--experiment", "cmp", "--out-dir", str(out), "--name", name,
+            env=ENV)
+    return out
+
+
+@pytest.fixture(scope="module")
+def analysed(runs: Path) -> tuple[dict, dict, dict, subprocess.CompletedProcess]:
+    """Digests of both runs before, then analysis.json and the process of `--analysis all --compare`."""
+    before = {name: tree_digest(runs / name) for name in ("a", "b")}
+    argv = [str(runs / "a"), "--analysis", "all", "--compare", str(runs / "b"), *SMALL]
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['evaluate.py', *{argv!r}]\n"
+            "try:\n    runpy.run_path('evaluate.py', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('wandb imported:', 'wandb' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "WANDB_MODE": "disabled", **ENV})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    analysis = json.loads((runs / "a" / "analysis.json").read_text(),
+                          parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    return before, {name: tree_digest(runs / name) for name in ("a", "b")}, analysis, proc
+
+
+def _numbers(obj) -> list[float]:
+    """Every number in a JSON value."""
+    if isinstance(obj, dict):
+        return [v for x in obj.values() for v in _numbers(x)]
+    if isinstance(obj, list):
+        return [v for x in obj for v in _numbers(x)]
+    return [obj] if isinstance(obj, (int, float)) and not isinstance(obj, bool) else []
+
+
+def test_every_family_has_one_entry_per_depth(analysed):
+    _, _, analysis, _ = analysed
+    assert analysis["families"] == list(FAMILIES)
+    assert [r["mode"] for r in analysis["runs"]] == ["greedy", "e2e"]
+    for run in analysis["runs"]:
+        res = run["results"]
+        assert set(FAMILIES) <= set(res)
+        for fam, first in PER_DEPTH.items():
+            assert [e["depth"] for e in res[fam]["layers"]] == list(range(first, 4)), fam
+            assert "settings" in res[fam] and res[fam]["settings"]["samples"] == 200
+        spectrum = res["spectrum"]["layers"]
+        assert sorted({e["depth"] for e in spectrum}) == [1, 2, 3] and len(spectrum) == 6  # conv + fc per stage
+        assert [m["model"] for m in res["noise"]["models"]] == ["final"]
+        assert res["noise"]["sigmas"] == [0.5, 1.0, 2.0]
+    assert {"torch", "numpy", "scikit-learn", "greedy", "python"} <= set(analysis["versions"])
+    assert analysis["settings"]["samples"] == 200 and analysis["settings"]["mc_samples"] == 300
+
+
+def test_numbers_are_finite_and_in_range(analysed):
+    _, _, analysis, _ = analysed
+    assert all(math.isfinite(v) for v in _numbers(analysis))
+    for run in analysis["runs"]:
+        res = run["results"]
+        accs = [e[k] for fam in ("linear", "knn") for e in res[fam]["layers"] for k in ("train_acc", "test_acc")
+                if k in e]
+        assert accs and all(0.0 <= a <= 1.0 for a in accs)
+        assert all(0.0 <= e["silhouette"] + 1 <= 2 and e["ratio"] > 0 for e in res["clustering"]["layers"])
+        cka = torch.tensor(res["cka"]["matrix"])
+        assert torch.allclose(cka.diagonal(), torch.ones(4)) and torch.allclose(cka, cka.T)
+        assert bool(((cka >= -1e-9) & (cka <= 1 + 1e-9)).all())
+        info = res["information"]
+        assert all(-0.2 <= e["mi_nats"] <= info["max_nats"] + 0.2 and e["dim"] == 3 for e in info["layers"])
+        assert all(0 <= e["h_bin"] <= res["binned_entropy"]["max_nats"] + 1e-9 for e in res["binned_entropy"]["layers"])
+        assert all(e["n_regions"] >= 1 for e in res["regions"]["layers"])
+        assert all(0.0 <= p <= 1.0 for m in res["noise"]["models"] for p in m["mean_error"])
+    b_heads = analysis["runs"][1]["results"]["information"]["noisy_head_acc"]
+    assert [h["trained"] for h in b_heads] == [False, False, True]  # e2e fits only the last head
+    compare = torch.tensor(analysis["compare"]["cka"]["matrix"])
+    assert compare.shape == (4, 4) and bool(((compare >= -1e-9) & (compare <= 1 + 1e-9)).all())
+    assert compare[0, 0] == pytest.approx(1.0)  # both runs see the same inputs
+
+
+def test_plots_and_summary_are_written_and_nothing_else_changes(analysed, runs):
+    before, after, _, proc = analysed
+    pngs = {p.stem for p in (runs / "a" / "analysis").iterdir()}
+    assert pngs == PNGS
+    assert all((runs / "a" / "analysis" / f"{n}.png").read_bytes()[:4] == b"\x89PNG" for n in PNGS)
+    new = {k for k in after["a"] if k == "analysis.json" or k.startswith("analysis/")}
+    assert {k: v for k, v in after["a"].items() if k not in new} == before["a"]  # model.safetensors etc.
+    assert after["b"] == before["b"]  # the compared run is only read
+    assert "final test accuracy" in proc.stdout and "analysis of a (greedy, k=1)" in proc.stdout
+    assert "wandb imported: False" in proc.stdout
+
+
+def test_unknown_analysis_name_is_one_line_and_exit_2(runs):
+    proc = cli("evaluate.py", str(runs / "a"), "--analysis", "linear,bogus", check=False, env=ENV)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'bogus'" in lines[0] and "linear" in lines[0] and "all" in lines[0]
+
+
+def test_names_and_flags():
+    assert parse_names("all") == list(FAMILIES)
+    assert parse_names("cka, linear") == ["linear", "cka"]  # canonical order
+    with pytest.raises(UsageError, match="choose from"):
+        parse_names(",")
+    parser = evaluate.get_args_parser()
+    with pytest.raises(UsageError, match="--analysis"):
+        check_flags(parser.parse_args(["runs/x", "--compare", "runs/y"]))
+    with pytest.raises(UsageError, match="--sigmas"):
+        settings_from_args(parser.parse_args(["runs/x", "--analysis", "all", "--sigmas", "0,1"]))
+    with pytest.raises(UsageError):
+        parser.parse_args(["runs/x", "--analysis", "all", "--sigmas", "a,b"])
+
+
+def _read_when_finished(run_dir: Path, read, timeout: float = 20.0):
+    """Read the offline W&B run once its writer has flushed the logged step (finish() may return first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record, history = read(run_dir)
+        if any("plots/probes/_type" in row for row in history) or time.monotonic() > deadline:
+            return record, history
+        time.sleep(0.2)
+
+
+def test_wandb_logs_a_new_analysis_run_in_the_experiment_group(analysed, runs, tmp_path, monkeypatch):
+    from tests.wandb_log import read_offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no credentials anywhere
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    _, _, analysis, _ = analysed
+    run = RunDir.open(runs / "a")
+    pngs = sorted((runs / "a" / "analysis").glob("*.png"))
+    log_wandb(LoadedRun(run, run.load_config(), None, None), analysis, pngs, say=lambda _: None)
+    record, history = _read_when_finished(runs / "a", read_offline_run)
+    assert (record.job_type, record.run_group, record.display_name) == ("analysis", "cmp", "a-analysis")
+    [row] = [r for r in history if "plots/probes/_type" in r]  # one step holds everything
+    assert {f"{k}/_type" for k in ("A/linear", "B/regions", "A/noise", "compare/cka")} <= set(row)
+
+
+def test_head_hidden_layers_are_probed_with_heads():
+    data = create_datasets("digits", augment="none")
+    torch.manual_seed(0)
+    net = GreedyNet([8, 8], data.num_classes, in_chans=1, k=2)
+    settings = AnalysisSettings(samples=60, heads=True, mc_samples=100, noisy_passes=2, segments=1,
+                                segment_points=50, noise_samples=2, sigmas=(1.0,), noise_heads=True)
+    res = json_safe(run_analysis(net, data, ["linear", "information", "regions", "noise"], settings))
+    names = [e["layer"] for e in res["linear"]["layers"]]
+    assert names == ["input", "block1", "head1.conv1", "block2", "head2.conv1"]
+    assert [e["layer"] for e in res["information"]["layers"]] == names[1:]
+    assert [e["layer"] for e in res["regions"]["layers"]] == ["block1", "block2"]  # blocks only
+    assert [m["model"] for m in res["noise"]["models"]] == ["head1", "final"]
