@@ -163,7 +163,7 @@ def test_wandb_logs_a_new_analysis_run_in_the_experiment_group(analysed, runs, t
     run = RunDir.open(runs / "a")
     pngs = sorted((runs / "a" / "analysis").glob("*.png"))
     log_wandb(LoadedRun(run, run.load_config(), None, None), analysis, pngs, say=lambda _: None)
-    record, history = _read_when_finished(runs / "a", read_offline_run)
+    record, history = _read_when_finished(runs / "a" / "analysis", read_offline_run)
     assert (record.job_type, record.run_group, record.display_name) == ("analysis", "cmp", "a-analysis")
     [row] = [r for r in history if "plots/probes/_type" in r]  # one step holds everything
     assert {f"{k}/_type" for k in ("A/linear", "B/regions", "A/noise", "compare/cka")} <= set(row)
