@@ -91,28 +91,29 @@ def test_resume_accepts_matching_override_keys(killed_and_reference):
     assert "--dataset cifar10 contradicts" in err
 
 
-def test_resume_rejects_corrupt_stage_weights(killed_and_reference, tmp_path):
+@pytest.fixture
+def killed_copy(killed_and_reference, tmp_path):
+    """A copy of the killed run, free to be damaged."""
     run = tmp_path / "run"
     subprocess.run(["cp", "-a", str(killed_and_reference / "killed"), str(run)], check=True)
-    weights = run / "stage1.safetensors"
+    return run
+
+
+def latest_state(run):
+    return sorted(p for p in run.iterdir() if p.name.startswith("state-"))[-1]
+
+
+def test_resume_rejects_corrupt_stage_weights(killed_copy):
+    weights = killed_copy / "stage1.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    err = resume_fails(run)
-    assert "stage1.safetensors is corrupt or truncated" in err
+    assert "stage1.safetensors is corrupt or truncated" in resume_fails(killed_copy)
 
 
-def test_resume_rejects_corrupt_training_state(killed_and_reference, tmp_path):
-    run = tmp_path / "run"
-    subprocess.run(["cp", "-a", str(killed_and_reference / "killed"), str(run)], check=True)
-    state = sorted(p for p in run.iterdir() if p.name.startswith("state-"))[-1]
-    (state / "optimizer.bin").write_bytes(b"\x80\x02garbage")
-    err = resume_fails(run)
-    assert "optimizer.bin is corrupt or truncated" in err
+def test_resume_rejects_corrupt_training_state(killed_copy):
+    (latest_state(killed_copy) / "optimizer.bin").write_bytes(b"\x80\x02garbage")
+    assert "optimizer.bin is corrupt or truncated" in resume_fails(killed_copy)
 
 
-def test_resume_rejects_incomplete_state(killed_and_reference, tmp_path):
-    run = tmp_path / "run"
-    subprocess.run(["cp", "-a", str(killed_and_reference / "killed"), str(run)], check=True)
-    state = sorted(p for p in run.iterdir() if p.name.startswith("state-"))[-1]
-    (state / "COMPLETE").unlink()
-    err = resume_fails(run)
-    assert "is incomplete" in err
+def test_resume_rejects_incomplete_state(killed_copy):
+    (latest_state(killed_copy) / "COMPLETE").unlink()
+    assert "is incomplete" in resume_fails(killed_copy)

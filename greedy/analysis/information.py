@@ -75,6 +75,13 @@ def gaussian_mixture_entropy(
     return {"entropy": h, "stderr": stderr}
 
 
+def _mi_result(h_t: float, h_cond: float, stderr: float, **settings) -> dict[str, float]:
+    """I = h(T) - h(T|X) in nats and bits, with its parts and the settings that produced it."""
+    mi = h_t - h_cond
+    return {"mi_nats": mi, "mi_bits": mi / LN2, "h_t": h_t, "h_t_given_x": h_cond, "stderr_nats": stderr,
+            **settings}
+
+
 def sp_mutual_information(
     clean_outputs: ArrayLike, beta: float, mc_samples: int = 10000, seed: int = 0
 ) -> dict[str, float]:
@@ -87,18 +94,7 @@ def sp_mutual_information(
     n, d = c.shape
     h_t = gaussian_mixture_entropy(c, beta, mc_samples=mc_samples, seed=seed)
     h_cond = gaussian_entropy(d, beta)
-    mi = h_t["entropy"] - h_cond
-    return {
-        "mi_nats": mi,
-        "mi_bits": mi / LN2,
-        "h_t": h_t["entropy"],
-        "h_t_given_x": h_cond,
-        "stderr_nats": h_t["stderr"],
-        "dim": d,
-        "n": n,
-        "beta": beta,
-        "mc_samples": mc_samples,
-    }
+    return _mi_result(h_t["entropy"], h_cond, h_t["stderr"], dim=d, n=n, beta=beta, mc_samples=mc_samples)
 
 
 def sp_mutual_information_noisy(
@@ -122,18 +118,8 @@ def sp_mutual_information_noisy(
     ]
     h_cond = float(np.mean([c["entropy"] for c in conds]))
     cond_err = math.sqrt(sum(c["stderr"] ** 2 for c in conds)) / n if r > 1 else 0.0
-    mi = h_t["entropy"] - h_cond
-    return {
-        "mi_nats": mi,
-        "mi_bits": mi / LN2,
-        "h_t": h_t["entropy"],
-        "h_t_given_x": h_cond,
-        "stderr_nats": math.sqrt(h_t["stderr"] ** 2 + cond_err**2),
-        "dim": d,
-        "n": n,
-        "beta": beta,
-        "mc_samples": mc_samples,
-    }
+    stderr = math.sqrt(h_t["stderr"] ** 2 + cond_err**2)
+    return _mi_result(h_t["entropy"], h_cond, stderr, dim=d, n=n, beta=beta, mc_samples=mc_samples)
 
 
 def reduce_dim(X: ArrayLike, d: int, method: str = "pca") -> torch.Tensor:
