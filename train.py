@@ -13,11 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from greedy.builder import GreedyBuilder, Stage
 from greedy.cache import FeatureCache, cache_enabled
-from greedy.checkpoint import RunDir, load_into, load_safetensors
+from greedy.checkpoint import RunDir, load_into, load_safetensors, state_digest
 from greedy.config import Config, build_config, config_arguments, load_yaml, make_parser, overrides_from_args
 from greedy.data import DataBundle, create_datasets, create_loaders, dataset_info
 from greedy.errors import UsageError, run_cli
@@ -138,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = result_rows(net, cfg.mode, heads, seconds)
     # decoupled: every block's records carry the time of the one joint pass
     total = max(seconds.values()) if cfg.mode == "decoupled" else sum(seconds.values())
+    digests = gather_object([state_digest(net.state_dict())])  # one per rank: DDP must keep them equal
+    if len(set(digests)) > 1:
+        say(f"warning: the {len(digests)} processes ended with different weights")
     final = {"final_test_acc": rows[-1]["test_acc"], "stage_test_acc": heads["head_acc"],
-             "ensemble_acc": heads["ensemble_acc"], "total_time_s": total}
+             "ensemble_acc": heads["ensemble_acc"], "total_time_s": total,
+             "num_processes": accelerator.num_processes, "rank_weight_digests": digests}
     if accelerator.is_main_process:
         run.save_weights(run.path / "model.safetensors",
                          {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})

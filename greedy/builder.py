@@ -4,19 +4,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from greedy.models import GreedyNet
 
 
+class BlockWithHead(nn.Module):
+    """Block j and its auxiliary head as one trainable part (decoupled mode): returns (block output, logits)."""
+
+    def __init__(self, block: nn.Module, head: nn.Module):
+        super().__init__()
+        self.block = block
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.block(x)
+        return h, self.head(h)
+
+
 @dataclass
 class Stage:
-    """One training problem: `trainable(prefix(x))` is fit to the labels; `prefix` stays frozen."""
+    """One training problem: `trainable(prefix(x))` is fit to the labels; `prefix` stays frozen.
 
-    index: int  # 0-based; the e2e stage carries the last block's index
-    name: str  # stage1, stage2, ... or e2e
+    In decoupled mode `trainable` is a ModuleList of BlockWithHead parts, each fit on its predecessor's
+    detached output.
+    """
+
+    index: int  # 0-based; the e2e and decoupled stages carry the last block's index
+    name: str  # stage1, stage2, ... or e2e or decoupled
     prefix: nn.Module
     trainable: nn.Module
+
+    @property
+    def decoupled(self) -> bool:
+        return self.name == "decoupled"
+
+    @property
+    def parts(self) -> list[nn.Module]:
+        """The separately optimized modules: every block+head in decoupled mode, else just `trainable`."""
+        return list(self.trainable) if self.decoupled else [self.trainable]
+
+    def part_ids(self) -> list[tuple[int, str]]:
+        """(0-based index, name) under which each part's metrics are recorded."""
+        if self.decoupled:
+            return [(j, f"block{j + 1}") for j in range(len(self.trainable))]
+        return [(self.index, self.name)]
 
 
 def freeze_prefix(net: GreedyNet, j: int) -> nn.Module:
@@ -28,11 +61,12 @@ def freeze_prefix(net: GreedyNet, j: int) -> nn.Module:
 
 
 class GreedyBuilder:
-    """Grows a GreedyNet block by block (greedy), or trains it jointly as one stage (e2e)."""
+    """Grows a GreedyNet block by block (greedy), trains it jointly as one stage (e2e), or trains every
+    block at once on its own auxiliary problem with detached inputs (decoupled, one stage)."""
 
     def __init__(self, net: GreedyNet, mode: str = "greedy"):
-        if mode not in ("greedy", "e2e"):
-            raise ValueError(f"GreedyBuilder trains greedy or e2e stages, not {mode!r}")
+        if mode not in ("greedy", "e2e", "decoupled"):
+            raise ValueError(f"GreedyBuilder trains greedy, e2e or decoupled stages, not {mode!r}")
         self.net = net
         self.mode = mode
 
@@ -43,10 +77,13 @@ class GreedyBuilder:
     def stage(self, i: int) -> Stage:
         """Stage i, with its prefix frozen and its trainable part unfrozen."""
         net = self.net
+        last = net.num_stages - 1
         if self.mode == "e2e":
-            last = net.num_stages - 1
             trainable = nn.Sequential(*net.blocks, net.heads[last])
             stage = Stage(last, "e2e", freeze_prefix(net, 0), trainable)
+        elif self.mode == "decoupled":
+            parts = nn.ModuleList(BlockWithHead(b, h) for b, h in zip(net.blocks, net.heads, strict=True))
+            stage = Stage(last, "decoupled", freeze_prefix(net, 0), parts)
         else:
             stage = Stage(i, f"stage{i + 1}", freeze_prefix(net, i), nn.Sequential(net.blocks[i], net.heads[i]))
         stage.trainable.requires_grad_(True)
@@ -56,6 +93,8 @@ class GreedyBuilder:
         """The weights a finished stage adds to the net, under the net's own parameter names."""
         if self.mode == "e2e":
             keep = ("blocks.", f"heads.{stage.index}.")
+        elif self.mode == "decoupled":
+            keep = ("blocks.", "heads.")
         else:
             keep = (f"blocks.{stage.index}.", f"heads.{stage.index}.")
         return {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items() if k.startswith(keep)}

@@ -21,6 +21,7 @@ FINAL_HEADS = ("auxiliary", "vgg")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 TRACKERS = ("none", "wandb")
 CACHE_MODES = ("auto", "on", "off")
+CACHE_DTYPES = ("auto", "fp32", "fp16", "bf16")
 # Datasets whose files must exist on disk unless `download` is set.
 DISK_DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
 
@@ -48,6 +49,7 @@ class Config:
     augment: str = "none"  # none | crop_flip | imagenet
     num_workers: int = 0
     pin_memory: bool = False
+    persistent_workers: bool = True  # keep loader workers alive across the epochs of a stage (num_workers > 0)
 
     # architecture (data, not code: every shipped model is one of these)
     input_downsample: bool = False  # space-to-depth the input once (ImageNet: 3x224x224 -> 12x112x112)
@@ -81,6 +83,7 @@ class Config:
     compile: bool = False
     cache: str = "auto"  # frozen-prefix feature cache: auto (when the train transform is deterministic) | on | off
     cache_budget_gb: float = 4.0  # RAM for cached features; beyond it they go to a memory-mapped file
+    cache_dtype: str = "auto"  # auto (what the block computes in: mixed_precision's, else fp32) | fp32 | fp16 | bf16
 
     @property
     def num_blocks(self) -> int:
@@ -190,6 +193,9 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     _choice("mixed_precision", cfg.mixed_precision, MIXED_PRECISION)
     _choice("tracker", cfg.tracker, TRACKERS)
     _choice("cache", cfg.cache, CACHE_MODES)
+    _choice("cache_dtype", cfg.cache_dtype, CACHE_DTYPES)
+    if cfg.cache_budget_gb < 0:
+        raise UsageError(f"config key 'cache_budget_gb': must be >= 0, got {cfg.cache_budget_gb}")
     if cfg.k not in (1, 2, 3):
         raise UsageError(f"config key 'k': {cfg.k} is outside 1..3 (hidden layers of each auxiliary problem)")
     if not cfg.widths or any(w <= 0 for w in cfg.widths):

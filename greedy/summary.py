@@ -49,12 +49,19 @@ def describe_model(net: GreedyNet, in_chans: int, img_size: int) -> list[dict[st
 
 
 def result_rows(net: GreedyNet, mode: str, heads: dict[str, list[float]], seconds: dict[int, float]) -> list[dict]:
-    """One row per trained stage: its head's test accuracy, the ensemble's, parameters and wall time."""
-    stages = range(net.num_stages) if mode == "greedy" else [net.num_stages - 1]
+    """One row per trained stage (decoupled: per block): its head's test accuracy, the ensemble's, parameters and
+    wall time (decoupled: the one joint pass, on the last row)."""
+    last = net.num_stages - 1
+    per_block = mode in ("greedy", "decoupled")
+    stages = range(net.num_stages) if per_block else [last]
+
+    def time_s(j: int) -> float | None:
+        return seconds.get(j) if mode != "decoupled" else (max(seconds.values(), default=None) if j == last else None)
+
     return [{
-        "stage": j + 1 if mode == "greedy" else "e2e",
+        "stage": j + 1 if per_block else "e2e",
         "test_acc": heads["head_acc"][j],
-        "ensemble_acc": heads["ensemble_acc"][j] if mode == "greedy" else None,
+        "ensemble_acc": heads["ensemble_acc"][j] if per_block else None,
         "params": stage_param_count(net, j)["model"],
-        "time_s": seconds.get(j),
+        "time_s": time_s(j),
     } for j in stages]

@@ -21,6 +21,17 @@ def _wandb_credentials() -> bool:
         return False
 
 
+def offline_without_credentials() -> bool:
+    """Without W&B credentials run offline rather than prompt, quietly (the caller prints where the run is);
+    whether W&B runs offline."""
+    if "WANDB_MODE" not in os.environ and not _wandb_credentials():
+        os.environ["WANDB_MODE"] = "offline"
+    offline = os.environ.get("WANDB_MODE") == "offline"
+    if offline:
+        os.environ.setdefault("WANDB_SILENT", "true")
+    return offline
+
+
 def tracker_init_kwargs(cfg: Config, run: RunDir) -> dict[str, Any]:
     """W&B run settings: greedy and e2e runs of one --experiment share a group; job_type is the mode."""
     return {"wandb": {"name": run.path.name, "group": cfg.experiment, "job_type": cfg.mode, "dir": str(run.path)}}
@@ -37,10 +48,7 @@ class Tracker:
         self.wandb_run = None
         self.step = 0  # optimisation steps so far, over all stages
         if self.use_wandb:
-            if "WANDB_MODE" not in os.environ and not _wandb_credentials():
-                os.environ["WANDB_MODE"] = "offline"  # no credentials: run offline rather than prompt
-            if os.environ.get("WANDB_MODE") == "offline":
-                os.environ.setdefault("WANDB_SILENT", "true")  # finish() says where the run is, in one line
+            offline_without_credentials()
             config = {**cfg.to_dict(), "run_dir": str(run.path)}
             accelerator.init_trackers(cfg.wandb_project, config=config, init_kwargs=tracker_init_kwargs(cfg, run))
             if accelerator.is_main_process:

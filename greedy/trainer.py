@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast, set_seed
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
@@ -24,7 +24,7 @@ from greedy.tracking import Tracker
 
 def make_accelerator(cfg: Config) -> Accelerator:
     """One Accelerator per run: CPU, one GPU or many, with the config's precision and accumulation."""
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with="wandb" if cfg.tracker == "wandb" else None,
@@ -32,6 +32,9 @@ def make_accelerator(cfg: Config) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
         step_scheduler_with_optimizer=False,
     )
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
+    return accelerator
 
 
 def show_progress(cfg: Config, accelerator: Accelerator) -> bool:
@@ -56,100 +59,200 @@ def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == labels).sum()
 
 
+def as_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A batch in the memory format the net was converted to."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def _fit(model: nn.Module, optimizer, accelerator: Accelerator, x: torch.Tensor,
+         y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Forward, cross-entropy, backward, step: (loss, logits, block output or None)."""
+    out = model(x)
+    h, logits = out if isinstance(out, tuple) else (None, out)
+    loss = F.cross_entropy(logits, y)
+    accelerator.backward(loss)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, logits, h
+
+
 def train_step(prefix: nn.Module, model: nn.Module, optimizer, accelerator: Accelerator,
                x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step of `model` on `prefix(x)`; the frozen prefix runs without a graph."""
     with accelerator.accumulate(model):
         with torch.no_grad(), accelerator.autocast():
             x = prefix(x)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, logits, _ = _fit(model, optimizer, accelerator, x, y)
     return loss, logits
 
 
-def train_one_epoch(stage: Stage, model: nn.Module, loader, optimizer, accelerator: Accelerator,
-                    tracker: Tracker, step: int, progress: bool) -> tuple[float, float, int]:
-    """One pass over the training data; returns (mean loss, train accuracy, global step)."""
-    model.train()
+def decoupled_step(prefix: nn.Module, models: list[nn.Module], optimizers: list, accelerator: Accelerator,
+                   x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One step of every block+head part, each on its predecessor's detached output: (loss, logits) per part.
+
+    Each part's graph is freed by its own backward before the next part runs, so the activation memory is
+    one block's, and no gradient crosses a block boundary.
+    """
+    results = []
+    with accelerator.accumulate(*models):
+        with torch.no_grad(), accelerator.autocast():
+            x = prefix(x)
+        for model, optimizer in zip(models, optimizers, strict=True):
+            loss, logits, h = _fit(model, optimizer, accelerator, x, y)
+            results.append((loss, logits))
+            x = h.detach()
+    return results
+
+
+def stage_step(stage: Stage, models: list[nn.Module], optimizers: list, accelerator: Accelerator,
+               x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One training step of the stage: (loss, logits) of each part."""
+    if stage.decoupled:
+        return decoupled_step(stage.prefix, models, optimizers, accelerator, x, y)
+    return [train_step(stage.prefix, models[0], optimizers[0], accelerator, x, y)]
+
+
+def stage_logits(stage: Stage, models: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    """The logits of each part on prefix(x) (decoupled: the parts chained block to block)."""
+    x = stage.prefix(x)
+    if not stage.decoupled:
+        return [models[0](x)]
+    logits = []
+    for model in models:
+        x, out = model(x)
+        logits.append(out)
+    return logits
+
+
+def train_one_epoch(stage: Stage, models: list[nn.Module], loader, optimizers: list, accelerator: Accelerator,
+                    tracker: Tracker, step: int, progress: bool,
+                    channels_last: bool = False) -> tuple[list[float], list[float], int, float]:
+    """One pass over the training data: (mean loss per part, train accuracy per part, global step, s/step)."""
+    for model in models:
+        model.train()
     device = accelerator.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = torch.zeros((), device=device, dtype=torch.long)
+    sums = torch.zeros(2, len(models), device=device)  # loss * n, correct
+    seen = torch.zeros((), device=device)
+    steps, t0 = 0, time.perf_counter()
     for x, y in tqdm(loader, desc=stage.name, leave=False, disable=not progress):
-        loss, logits = train_step(stage.prefix, model, optimizer, accelerator, x, y)
-        loss_sum += loss.detach() * y.numel()
-        correct += accuracy_counts(logits.detach(), y)
+        results = stage_step(stage, models, optimizers, accelerator, as_input(x, channels_last), y)
+        losses = torch.stack([loss.detach().float() for loss, _ in results])
+        sums[0] += losses * y.numel()
+        sums[1] += torch.stack([accuracy_counts(logits.detach(), y) for _, logits in results])
         seen += y.numel()
         step += 1
+        steps += 1
         if tracker.use_wandb:
-            tracker.log_step({"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"]}, step)
-    loss_sum, correct, seen = accelerator.reduce(torch.stack([loss_sum, correct.float(), seen.float()]), "sum")
-    return (loss_sum / seen).item(), (correct / seen).item(), step
+            values = {"train/loss": losses[-1].item(), "train/lr": optimizers[-1].param_groups[0]["lr"]}
+            if stage.decoupled:
+                values.update({f"train/loss_{name}": v for (_, name), v in zip(stage.part_ids(), losses.tolist(),
+                                                                                strict=True)})
+            tracker.log_step(values, step)
+    seconds_per_step = (time.perf_counter() - t0) / max(steps, 1)
+    totals = accelerator.reduce(torch.cat([sums.flatten(), seen[None]]), "sum")
+    seen = totals[-1]
+    loss, acc = (totals[:-1].view(2, -1) / seen).tolist()
+    return loss, acc, step, seconds_per_step
 
 
 @torch.no_grad()
-def evaluate(stage: Stage, model: nn.Module, loader, accelerator: Accelerator) -> float:
-    """Test accuracy of `model(prefix(x))`, over exactly the test set (no padding duplicates)."""
-    model.eval()
-    correct, total = 0, 0
+def evaluate_parts(stage: Stage, models: list[nn.Module], loader, accelerator: Accelerator,
+                   channels_last: bool = False) -> list[float]:
+    """Test accuracy of each part, over exactly the test set (no padding duplicates)."""
+    for model in models:
+        model.eval()
+    correct, total = torch.zeros(len(models), dtype=torch.long), 0
     for x, y in loader:
         with accelerator.autocast():
-            preds = model(stage.prefix(x)).argmax(1)
+            preds = torch.stack([lg.argmax(1) for lg in stage_logits(stage, models, as_input(x, channels_last))], 1)
         preds, y = accelerator.gather_for_metrics((preds, y))
-        correct += (preds == y).sum().item()
+        correct += (preds == y[:, None]).sum(0).cpu()
         total += y.numel()
-    return correct / total
+    return (correct / total).tolist()
+
+
+def evaluate(stage: Stage, model: nn.Module, loader, accelerator: Accelerator) -> float:
+    """Test accuracy of `model(prefix(x))`, over exactly the test set (no padding duplicates)."""
+    return evaluate_parts(stage, [model], loader, accelerator)[0]
+
+
+@torch.no_grad()
+def sync_buffers(models: list[nn.Module], accelerator: Accelerator) -> None:
+    """Give every rank rank 0's BatchNorm statistics: each rank updated them on its own shard of the data."""
+    if accelerator.num_processes == 1:
+        return
+    for model in models:
+        for buf in accelerator.unwrap_model(model).buffers():
+            buf.copy_(broadcast(buf.clone()))
+
+
+def make_optimizer(cfg: Config, model: nn.Module):
+    return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               momentum=cfg.momentum, filter_bias_and_bn=False)
+
+
+def make_scheduler(cfg: Config, optimizer, epochs: int):
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=epochs, decay_epochs=cfg.decay_epochs,
+                                       decay_rate=cfg.decay_rate, warmup_epochs=cfg.warmup_epochs)
+    return scheduler
 
 
 def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, run: RunDir, tracker: Tracker,
                 resume_from=None, say=print) -> StageResult:
-    """Fit `stage.trainable` for the configured epochs, saving resumable state after every epoch."""
+    """Fit the stage's part(s) for the configured epochs, saving resumable state after every epoch.
+
+    Greedy and e2e stages have one part; a decoupled stage has one per block, each with its own optimizer,
+    scheduler and record per epoch (stage = block number), all in the same pass over the data.
+    """
     epochs = stage_epochs(cfg, stage)
     set_seed(cfg.seed + 1000 * (stage.index + 1), device_specific=True)  # augmentation RNG, per rank
-    trainable = stage.trainable
-    if cfg.compile:
-        trainable = torch.compile(trainable)
-    optimizer = create_optimizer_v2(trainable, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum, filter_bias_and_bn=False)
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=epochs, decay_epochs=cfg.decay_epochs,
-                                       decay_rate=cfg.decay_rate, warmup_epochs=cfg.warmup_epochs)
-    model, optimizer, train_loader, test_loader = accelerator.prepare(trainable, optimizer, *loaders)
+    parts = [torch.compile(p) for p in stage.parts] if cfg.compile else stage.parts  # block(s) + head(s) only
+    optimizers = [make_optimizer(cfg, p) for p in parts]
+    schedulers = [make_scheduler(cfg, o, epochs) for o in optimizers]
+    n = len(parts)
+    prepared = accelerator.prepare(*parts, *optimizers, *loaders)
+    models, optimizers, (train_loader, test_loader) = list(prepared[:n]), list(prepared[n:2 * n]), prepared[2 * n:]
 
-    start_epoch, step, seconds = 0, 0, 0.0
+    start_epoch, step, seconds = 0, tracker.step, 0.0  # the step counts across stages (W&B's x axis)
     if resume_from is not None:
         progress = run.load_state(accelerator, resume_from)
         start_epoch, step, seconds = progress["epoch"] + 1, progress["step"], progress["seconds"]
         say(f"resuming {stage.name} at epoch {start_epoch + 1}/{epochs} from {resume_from}")
-    tracker.begin_stage(stage.name)
+    for _, name in stage.part_ids():
+        tracker.begin_stage(name)
     show = show_progress(cfg, accelerator)
     result = StageResult(stage.name, stage.index, float("nan"), float("nan"), float("nan"), seconds)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
-        scheduler.step(epoch)  # the LR is a function of the epoch: nothing else to restore on resume
+        for scheduler in schedulers:
+            scheduler.step(epoch)  # the LR is a function of the epoch: nothing else to restore on resume
         train_loader.set_epoch(1000 * stage.index + epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        loss, train_acc, step = train_one_epoch(stage, model, train_loader, optimizer, accelerator, tracker,
-                                                step, show)
-        test_acc = evaluate(stage, model, test_loader, accelerator)
+        lr = optimizers[0].param_groups[0]["lr"]
+        losses, train_accs, step, step_time = train_one_epoch(stage, models, train_loader, optimizers, accelerator,
+                                                              tracker, step, show, cfg.channels_last)
+        sync_buffers(models, accelerator)
+        test_accs = evaluate_parts(stage, models, test_loader, accelerator, cfg.channels_last)
         seconds += time.perf_counter() - t0
-        result = StageResult(stage.name, stage.index, test_acc, train_acc, loss, seconds)
-        record = {"stage": stage.index + 1, "stage_name": stage.name, "epoch": epoch + 1, "loss": loss,
-                  "train_acc": train_acc, "test_acc": test_acc, "lr": lr, "time": seconds}
-        tracker.log_epoch(record, step)
-        if accelerator.is_main_process:
-            say(f"{stage.name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train {train_acc:.4f}  "
-                f"test {test_acc:.4f}  lr {lr:.4g}  {seconds:.1f}s")
+        for (index, name), loss, train_acc, test_acc in zip(stage.part_ids(), losses, train_accs, test_accs,
+                                                             strict=True):
+            result = StageResult(stage.name, stage.index, test_acc, train_acc, loss, seconds)
+            record = {"stage": index + 1, "stage_name": name, "epoch": epoch + 1, "loss": loss,
+                      "train_acc": train_acc, "test_acc": test_acc, "lr": lr, "time": seconds,
+                      "step_time": step_time}
+            tracker.log_epoch(record, step)
+            if accelerator.is_main_process:
+                say(f"{name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train {train_acc:.4f}  "
+                    f"test {test_acc:.4f}  lr {lr:.4g}  {seconds:.1f}s")
         run.save_state(accelerator, stage.index, epoch, {"step": step, "seconds": seconds})
+    tracker.step = step
     accelerator.free_memory()  # release this stage's prepared objects before the next stage
     stage.trainable.eval()
     return result
 
 
 @torch.no_grad()
-def evaluate_heads(net: GreedyNet, loader, accelerator: Accelerator) -> dict[str, list[float]]:
+def evaluate_heads(net: GreedyNet, loader, accelerator: Accelerator,
+                   channels_last: bool = False) -> dict[str, list[float]]:
     """Test accuracy of every head, and of the paper's ensemble of heads 0..j (softmax weighted by 2^j)."""
     net.eval()
     num = net.num_stages
@@ -157,7 +260,7 @@ def evaluate_heads(net: GreedyNet, loader, accelerator: Accelerator) -> dict[str
     total = 0
     weights = [2.0 ** j for j in range(num)]
     for x, y in loader:
-        x, y = x.to(accelerator.device), y.to(accelerator.device)
+        x, y = as_input(x.to(accelerator.device), channels_last), y.to(accelerator.device)
         with accelerator.autocast():
             logits = net.forward_heads(x)
         probs = torch.stack([w * F.softmax(lg.float(), dim=1) for w, lg in zip(weights, logits, strict=True)])

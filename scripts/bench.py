@@ -1,0 +1,410 @@
+"""What a greedy stage costs next to its floors: step time, activation memory, data-loader throughput.
+
+    python scripts/bench.py                                  # CIFAR-10 k=3 paper net, random 32x32 data, batch 128
+    python scripts/bench.py -c configs/fashion_mnist_k2.yaml --data-dir /work/shared/data/fashion-mnist
+    python scripts/bench.py -c configs/fashion_mnist_k2.yaml --data-dir /work/shared/data/fashion-mnist \\
+        --cache-compare --epochs 1                           # real training, all stages, with and without the cache
+
+Per greedy stage j, interleaved round-robin with every other variant so that machine noise hits all alike:
+  trainer        greedy.trainer.train_step on images (frozen prefix under no_grad), with a prepared Accelerator
+  bare           the same work as a hand-written PyTorch loop: the overhead floor
+  graph_prefix   the prefix run with autograd, then detached (the original recipe)
+  cached         greedy.trainer.train_step on precomputed prefix outputs (what a cached stage runs)
+  alone          block j + head j alone on inputs of that shape, hand-written: the floor of a stage
+plus one end-to-end step and one decoupled step of the full net. Activation memory is the bytes autograd
+saves for backward during one step (distinct storages, parameters and buffers excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from greedy.builder import GreedyBuilder  # noqa: E402
+from greedy.cache import cache_dtype  # noqa: E402
+from greedy.config import Config, build_config, load_yaml  # noqa: E402
+from greedy.data import TensorImageDataset, create_datasets, create_loaders, dataset_info  # noqa: E402
+from greedy.errors import UsageError  # noqa: E402
+from greedy.models import GreedyNet, create_greedy_net  # noqa: E402
+from greedy.profiling import (  # noqa: E402
+    interleaved_times,
+    median,
+    paired_ratio,
+    peak_cuda_bytes,
+    saved_tensor_bytes,
+)
+from greedy.trainer import as_input, decoupled_step, make_optimizer, train_step  # noqa: E402
+
+STAGE_VARIANTS = ("trainer", "bare", "graph_prefix", "cached", "alone")
+MiB = 2**20
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
+    p.add_argument("-c", "--config", default=str(ROOT / "configs/cifar10_k3.yaml"))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="timed rounds (one step of every variant each)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    p.add_argument("--stages", help="1-based stages to measure, e.g. 1,3 (default: all)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--data-dir", help="the config's data set, for the loader throughput and --cache-compare")
+    p.add_argument("--loader-batches", type=int, default=50, help="batches read to time the data loader")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--cache-compare", action="store_true",
+                   help="instead: train all stages with train.py --cache off, then on, on the config's real data")
+    p.add_argument("--epochs", type=int, help="--cache-compare: epochs per stage (default: the config's)")
+    p.add_argument("--train-args", default="", help="--cache-compare: more train.py arguments, quoted")
+    p.add_argument("--sequential", action="store_true",
+                   help="--cache-compare: run off, then on (default: both at once, one thread each)")
+    return p.parse_args(argv)
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    values = load_yaml(args.config)
+    values.update(batch_size=args.batch_size, mixed_precision=args.mixed_precision,
+                  channels_last=args.channels_last)
+    if args.data_dir:
+        values["data_dir"] = args.data_dir
+    return build_config(values, check_data=False)
+
+
+# ---------------------------------------------------------------------------------------------- machine
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = names[0] if names else cpu
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "load_average": list(os.getloadavg()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+
+def autocast_factory(cfg: Config, device: torch.device) -> Callable:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    return (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+
+
+class BareStep:
+    """The hand-written loop: optional no-grad prefix, forward, cross-entropy, backward, step, zero_grad."""
+
+    def __init__(self, prefix: nn.Module | None, model: nn.Module, optimizer, autocast: Callable,
+                 graph_prefix: bool = False, scaler: torch.amp.GradScaler | None = None):
+        self.prefix, self.model, self.optimizer = prefix, model, optimizer
+        self.autocast, self.graph_prefix, self.scaler = autocast, graph_prefix, scaler
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.prefix is not None:
+            with torch.set_grad_enabled(self.graph_prefix), self.autocast():
+                x = self.prefix(x).detach()
+        with self.autocast():
+            loss = F.cross_entropy(self.model(x), y)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def weights_of(*modules: nn.Module) -> list[torch.Tensor]:
+    return [t for m in modules for t in (*m.parameters(), *m.buffers())]
+
+
+def stage_variants(cfg: Config, net: GreedyNet, j: int, accelerator: Accelerator, x: torch.Tensor,
+                   y: torch.Tensor) -> tuple[dict[str, Callable], list[torch.Tensor]]:
+    """The five step variants of greedy stage j (each on its own copy of the net), and every weight they hold."""
+    autocast = autocast_factory(cfg, accelerator.device)
+    scaler = torch.amp.GradScaler(accelerator.device.type) if cfg.mixed_precision == "fp16" else None
+    ours, floor = copy.deepcopy(net), copy.deepcopy(net)
+    stage = GreedyBuilder(ours).stage(j)
+    model = stage.trainable
+    model, optimizer = accelerator.prepare(model, make_optimizer(cfg, model))
+    bare = GreedyBuilder(floor).stage(j)
+    bare_opt = make_optimizer(cfg, bare.trainable)
+    graph_prefix = copy.deepcopy(bare.prefix).requires_grad_(True)
+    with torch.no_grad(), autocast():
+        feats = stage.prefix(x).to(cache_dtype(cfg))
+    feats = as_input(feats, cfg.channels_last)
+    ident = nn.Identity()
+    floor_step = BareStep(bare.prefix, bare.trainable, bare_opt, autocast, scaler=scaler)
+    graph_step = BareStep(graph_prefix, bare.trainable, bare_opt, autocast, graph_prefix=True, scaler=scaler)
+    alone_step = BareStep(None, bare.trainable, bare_opt, autocast, scaler=scaler)
+    steps = {
+        "trainer": lambda: train_step(stage.prefix, model, optimizer, accelerator, x, y),
+        "bare": lambda: floor_step(x, y),
+        "graph_prefix": lambda: graph_step(x, y),
+        "cached": lambda: train_step(ident, model, optimizer, accelerator, feats, y),
+        "alone": lambda: alone_step(feats, y),
+    }
+    return steps, weights_of(ours, floor, graph_prefix)
+
+
+def full_net_variants(cfg: Config, net: GreedyNet, accelerator: Accelerator, x: torch.Tensor,
+                      y: torch.Tensor) -> tuple[dict[str, Callable], list[torch.Tensor]]:
+    """One end-to-end step and one decoupled step of the full net, through the trainer's functions."""
+    e2e_net, dec_net = copy.deepcopy(net), copy.deepcopy(net)
+    e2e = GreedyBuilder(e2e_net, "e2e").stage(0)
+    e2e_model, e2e_opt = accelerator.prepare(e2e.trainable, make_optimizer(cfg, e2e.trainable))
+    dec = GreedyBuilder(dec_net, "decoupled").stage(0)
+    parts = dec.parts
+    prepared = accelerator.prepare(*parts, *[make_optimizer(cfg, p) for p in parts])
+    models, optimizers = list(prepared[:len(parts)]), list(prepared[len(parts):])
+    steps = {
+        "e2e": lambda: train_step(e2e.prefix, e2e_model, e2e_opt, accelerator, x, y),
+        "decoupled": lambda: decoupled_step(dec.prefix, models, optimizers, accelerator, x, y),
+    }
+    return steps, weights_of(e2e_net, dec_net)
+
+
+# ---------------------------------------------------------------------------------------------- data loader
+
+
+def loader_throughput(cfg: Config, batches: int) -> dict:
+    """Images/s of the config's training DataLoader (its real data when present, else random tensors)."""
+    info = dataset_info(cfg.dataset)
+    try:
+        train_set = create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment=cfg.augment).train
+        source = f"{cfg.dataset} from {cfg.data_dir}"
+    except UsageError:
+        size = cfg.img_size or info.img_size
+        n = cfg.batch_size * batches
+        images = torch.randn(n, info.in_chans, size, size)
+        train_set = TensorImageDataset(images, torch.randint(0, info.num_classes, (n,)), _augmentation(cfg, size))
+        source = f"random {info.in_chans}x{size}x{size} tensors (augment {cfg.augment})"
+    bundle = type("Bundle", (), {"train": train_set, "test": train_set})()
+    loader, _ = create_loaders(bundle, cfg.batch_size, num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
+                               persistent_workers=False)
+    seen, t0 = 0, time.perf_counter()
+    for i, (x, _) in enumerate(loader):
+        seen += len(x)
+        if i + 1 == batches:
+            break
+    seconds = time.perf_counter() - t0
+    return {"source": source, "num_workers": cfg.num_workers, "images": seen, "images_per_s": seen / seconds}
+
+
+def _augmentation(cfg: Config, size: int):
+    from torchvision.transforms import v2
+
+    if cfg.augment == "crop_flip":
+        return v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()])
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the bench
+
+
+def bench_steps(cfg: Config, args: argparse.Namespace, device: torch.device) -> dict:
+    info = dataset_info(cfg.dataset)
+    size = cfg.img_size or info.img_size
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.mixed_precision)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(cfg.seed)
+    net = create_greedy_net(cfg, num_classes=info.num_classes, in_chans=info.in_chans).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    x = as_input(torch.randn(cfg.batch_size, info.in_chans, size, size, device=device), cfg.channels_last)
+    y = torch.randint(0, info.num_classes, (cfg.batch_size,), device=device)
+    stages = [int(s) - 1 for s in args.stages.split(",")] if args.stages else list(range(net.num_stages))
+
+    variants, weights = {}, []
+    for j in stages:
+        steps, held = stage_variants(cfg, net, j, accelerator, x, y)
+        variants.update({f"s{j + 1}/{name}": fn for name, fn in steps.items()})
+        weights += held
+    steps, held = full_net_variants(cfg, net, accelerator, x, y)
+    variants.update(steps)
+    weights += held
+
+    times = interleaved_times(variants, args.steps, args.warmup, device)
+    saved = {name: saved_tensor_bytes(fn, weights) for name, fn in variants.items()}
+    peak = {name: peak_cuda_bytes(fn, device) for name, fn in variants.items()}
+    ms = {name: 1000 * median(t) for name, t in times.items()}
+    return {"stages": [j + 1 for j in stages], "median_ms": ms, "saved_bytes": saved, "peak_cuda_bytes": peak,
+            "all_ms": {k: [1000 * t for t in v] for k, v in times.items()}, "image_size": size}
+
+
+def stage_rows(result: dict, batch: int) -> list[dict]:
+    """Per stage: median step times, ratios (median over rounds of same-round ratios), activation memory."""
+    ms, saved, times = result["median_ms"], result["saved_bytes"], result["all_ms"]
+    rows = []
+    for s in result["stages"]:
+        m = {v: ms[f"s{s}/{v}"] for v in STAGE_VARIANTS}
+        b = {v: saved[f"s{s}/{v}"] for v in STAGE_VARIANTS}
+        ratio = lambda a, c, s=s: paired_ratio(times, f"s{s}/{a}", f"s{s}/{c}")  # noqa: E731
+        rows.append({
+            "stage": s, "trainer_ms": m["trainer"], "bare_ms": m["bare"], "trainer/bare": ratio("trainer", "bare"),
+            "graph_prefix_ms": m["graph_prefix"], "cached_ms": m["cached"], "alone_ms": m["alone"],
+            "cached/alone": ratio("cached", "alone"), "trainer/alone": ratio("trainer", "alone"),
+            "img_per_s": batch / m["trainer"] * 1000,
+            "saved_MiB": b["trainer"] / MiB, "alone_MiB": b["alone"] / MiB, "saved==alone": b["trainer"] == b["alone"],
+            "graph_prefix_MiB": b["graph_prefix"] / MiB, "saved/e2e": b["trainer"] / saved["e2e"],
+            "saved/graph_prefix": b["trainer"] / b["graph_prefix"],
+        })
+    for name in ("e2e", "decoupled"):
+        rows.append({"stage": name, "trainer_ms": ms[name], "img_per_s": batch / ms[name] * 1000,
+                     "saved_MiB": saved[name] / MiB})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    fmt = lambda v: "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- cache compare
+
+
+def train_command(args: argparse.Namespace, cache: str, out: Path) -> list[str]:
+    cmd = [sys.executable, str(ROOT / "train.py"), "-c", args.config, "--cache", cache, "--out-dir", str(out),
+           "--name", f"cache-{cache}", "--no-progress"]
+    for flag, value in (("--data-dir", args.data_dir), ("--epochs", args.epochs)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    if args.mixed_precision != "no":
+        cmd += ["--mixed-precision", args.mixed_precision]
+    if args.channels_last:
+        cmd += ["--channels-last"]
+    return cmd + shlex.split(args.train_args)
+
+
+def run_result(cmd: list[str], returncode: int, wall: float, run: Path, log: Path) -> dict:
+    """A finished train.py run: wall time, per-stage step and stage times, cache times, test accuracy."""
+    stdout = log.read_text()
+    if returncode != 0:
+        raise SystemExit(f"{shlex.join(cmd)} failed:\n{stdout}")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    stages = sorted({r["stage"] for r in records})
+    step = {s: median([r["step_time"] for r in records if r["stage"] == s]) for s in stages}
+    stage_s = {s: max(r["time"] for r in records if r["stage"] == s) for s in stages}
+    return {"command": shlex.join(cmd), "wall_s": wall, "step_ms": {s: 1000 * v for s, v in step.items()},
+            "stage_s": stage_s, "stage_test_acc": summary["stage_test_acc"],
+            "cache_s": [float(m) for m in re.findall(r"^cache: .* in ([\d.]+)s$", stdout, re.M)],
+            "cache_lines": re.findall(r"^cache: .*$", stdout, re.M)}
+
+
+def run_all(commands: dict[str, list[str]], env: dict, logs: Path, sequential: bool) -> dict[str, tuple[int, float]]:
+    """Run the commands (all at once, or one after the other): (return code, wall seconds) of each."""
+    done: dict[str, tuple[int, float]] = {}
+    for group in [[name] for name in commands] if sequential else [list(commands)]:
+        procs = {name: (subprocess.Popen(commands[name], cwd=ROOT, env=env, stderr=subprocess.STDOUT,
+                                         stdout=(logs / f"{name}.log").open("w")), time.perf_counter())
+                 for name in group}
+        while any(name not in done for name in group):
+            for name, (proc, t0) in procs.items():
+                if name not in done and proc.poll() is not None:
+                    done[name] = (proc.returncode, time.perf_counter() - t0)
+            time.sleep(0.2)
+    return done
+
+
+def cache_compare(args: argparse.Namespace) -> dict:
+    """train.py --cache off and on, started together (each with --threads threads, default 1) so that whatever
+    else runs on the machine slows both alike; or one after the other with --sequential."""
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    threads = args.threads or (None if args.sequential else 1)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
+        out = Path(tmp)
+        commands = {f"cache-{c}": train_command(args, c, out) for c in ("off", "on")}
+        done = run_all(commands, env, out, args.sequential)
+        runs = {name.removeprefix("cache-"): run_result(cmd, *done[name], out / name, out / f"{name}.log")
+                for name, cmd in commands.items()}
+    off, on = runs["off"], runs["on"]
+    rows = [{"stage": s, "off_step_ms": off["step_ms"][s], "on_step_ms": on["step_ms"][s],
+             "off/on": off["step_ms"][s] / on["step_ms"][s], "off_stage_s": off["stage_s"][s],
+             "on_stage_s": on["stage_s"][s], "off_test_acc": off["stage_test_acc"][s - 1],
+             "on_test_acc": on["stage_test_acc"][s - 1]} for s in sorted(off["step_ms"])]
+    rows.append({"stage": "stages + cache builds", "off_stage_s": sum(off["stage_s"].values()),
+                 "on_stage_s": sum(on["stage_s"].values()) + sum(on["cache_s"])})
+    rows.append({"stage": "wall (process)", "off_stage_s": off["wall_s"], "on_stage_s": on["wall_s"]})
+    return {"runs": runs, "rows": rows, "threads_per_run": threads, "concurrent": not args.sequential}
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = load_config(args)
+    command = shlex.join(["python", "scripts/bench.py", *(sys.argv[1:] if argv is None else argv)])
+    report = {"command": command, "config": args.config, "machine": machine_info(device),
+              "batch_size": cfg.batch_size, "device": str(device), "mixed_precision": cfg.mixed_precision,
+              "channels_last": cfg.channels_last}
+    print(f"`{command}`\n")
+    if args.cache_compare:
+        result = cache_compare(args)
+        report["cache_compare"] = result
+        table = markdown(result["rows"])
+        how = "at once" if result["concurrent"] else "one after the other"
+        table += f"\n\ntrain.py runs: {how}, OMP_NUM_THREADS={result['threads_per_run'] or 'unset'} each"
+    else:
+        report["loader"] = loader_throughput(cfg, args.loader_batches)
+        result = bench_steps(cfg, args, device)
+        report["steps"] = result
+        rows = stage_rows(result, cfg.batch_size)
+        report["rows"] = rows
+        table = markdown(rows)
+        loader = report["loader"]
+        table += (f"\n\ndata loader: {loader['images_per_s']:.0f} images/s ({loader['source']}, "
+                  f"num_workers {loader['num_workers']}, {loader['images']} images)")
+    report["machine"]["load_average_end"] = list(os.getloadavg())
+    m = report["machine"]
+    print(table)
+    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, "
+          f"GPU {m['gpu'] or 'none'}; device {device}, batch {cfg.batch_size}, mixed precision "
+          f"{cfg.mixed_precision}, channels_last {cfg.channels_last}; load average {m['load_average'][0]:.2f} "
+          f"-> {m['load_average_end'][0]:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

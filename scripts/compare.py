@@ -1,0 +1,367 @@
+"""Greedy vs end-to-end vs decoupled training of one config: same architecture, data, augmentation and seeds.
+
+    python scripts/compare.py -c configs/digits_k2.yaml --seeds 0,1
+    python scripts/compare.py -c configs/fashion_mnist_compare.yaml --k 1,2,3 --seeds 0,1 --jobs 2 \\
+        -- --data-dir /work/shared/data/fashion-mnist
+    python scripts/compare.py -c configs/cifar10_k3.yaml --k 3 \\
+        --launcher "accelerate launch --multi_gpu --num_processes 8" -- --data-dir /data/cifar10
+    python scripts/compare.py -c configs/imagenet_k3.yaml --k 3 --plan       # the commands and costs, no training
+
+Every (mode, k, seed) is one `train.py` run in OUT_DIR/EXPERIMENT/<mode>-k<k>-s<seed>/. Runs are resumable: one
+whose summary.json exists is not run again, a run directory without it is continued with `train.py --resume`.
+Arguments after `--` are train.py config overrides shared by every run. Then OUT_DIR/EXPERIMENT/ gets
+comparison.md, comparison.csv, accuracy_by_depth.png, accuracy_vs_time.png and memory.png; logs/ keeps each
+run's output and process wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from greedy import compare  # noqa: E402
+from greedy.checkpoint import RunDir  # noqa: E402
+from greedy.compare import Group, RunSpec  # noqa: E402
+from greedy.config import Config, build_config, config_arguments, load_yaml, make_parser  # noqa: E402
+from greedy.config import overrides_from_args as config_overrides  # noqa: E402
+from greedy.errors import UsageError, run_cli  # noqa: E402
+from train import RESUME_MUTABLE  # noqa: E402
+
+# Keys the comparison sets for each run: not overridable after `--`.
+OWNED = {"mode": "--modes", "k": "--k", "seed": "--seeds", "name": "--experiment", "out_dir": "--out-dir",
+         "experiment": "--experiment", "tracker": "--wandb"}
+PLOTS = {"accuracy_by_depth.png": compare.plot_depth, "accuracy_vs_time.png": compare.plot_time,
+         "memory.png": compare.plot_memory}
+
+
+def get_args(argv: list[str]) -> argparse.Namespace:
+    """compare.py's own options; everything after `--` goes to train.py as config overrides."""
+    own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = make_parser("compare.py", "Greedy vs end-to-end vs decoupled training of one config.")
+    p.add_argument("-c", "--config", required=True, help="YAML config (configs/*.yaml)")
+    p.add_argument("--modes", default="greedy,e2e,decoupled", help="comma-separated: greedy,e2e,decoupled")
+    p.add_argument("--k", default="1,2,3", help="comma-separated auxiliary-problem depths, each in 1..3")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--budget", default="per_stage", help="epochs of e2e and decoupled: per_stage | total")
+    p.add_argument("--experiment", help="the experiment folder and W&B group (default: <config>-compare)")
+    p.add_argument("--out-dir", default="runs", help="where the experiment folder goes")
+    p.add_argument("--launcher", help='command prefix instead of python, e.g. "accelerate launch --multi_gpu"')
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (CPU: each gets cores/jobs threads)")
+    p.add_argument("--wandb", action="store_true", help="log every run and a summary table to W&B")
+    p.add_argument("--plan", action="store_true", help="print the runs, their commands and costs; train nothing")
+    args = p.parse_args(own)
+    args.train_args = extra
+    return args
+
+
+def int_list(flag: str, text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag}: {text!r} is not a comma-separated list of integers") from None
+
+
+def train_overrides(extra: list[str]) -> dict[str, Any]:
+    """The config overrides after `--`, checked like train.py checks them."""
+    parser = make_parser("compare.py ... --", "train.py config overrides")
+    config_arguments(parser)
+    overrides = config_overrides(parser.parse_args(extra))
+    owned = [k for k in overrides if k in OWNED]
+    if owned:
+        raise UsageError(f"--{owned[0].replace('_', '-')} after `--`: compare.py sets it per run; use "
+                         f"compare.py's {OWNED[owned[0]]}")
+    return overrides
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Run:
+    """One run of the grid: its config, directory and train.py arguments."""
+
+    spec: RunSpec
+    cfg: Config
+    path: Path
+    overrides: dict[str, Any]  # what train.py gets on top of the YAML file
+
+    @property
+    def status(self) -> str:
+        return compare.run_status(self.path)
+
+
+@dataclass
+class Plan:
+    args: argparse.Namespace
+    base: Config  # the YAML file with the overrides after `--`
+    experiment: str
+    folder: Path
+    runs: list[Run]
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """Check every input and resolve every run's config before anything runs."""
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    ks, seeds = int_list("--k", args.k), int_list("--seeds", args.seeds)
+    compare.check_grid(modes, ks, seeds, args.budget)
+    if args.jobs < 1:
+        raise UsageError(f"--jobs: must be at least 1, got {args.jobs}")
+    yaml_values = load_yaml(args.config)
+    extra = train_overrides(args.train_args)
+    base = build_config({**yaml_values, **extra}, check_data=False)
+    experiment = args.experiment or f"{Path(args.config).stem}-compare"
+    folder = Path(args.out_dir) / experiment
+    runs = []
+    for spec in compare.run_specs(modes, ks, seeds):
+        own = {"mode": spec.mode, "k": spec.k, "seed": spec.seed, "out_dir": str(folder), "name": spec.name,
+               "experiment": experiment, "no_progress": True, **({"tracker": "wandb"} if args.wandb else {})}
+        values = {**yaml_values, **extra, **own}
+        budget = compare.budget_overrides(build_config(values, check_data=False), spec.mode, args.budget)
+        cfg = build_config({**values, **budget}, check_data=not args.plan)
+        runs.append(Run(spec, cfg, folder / spec.name, {**extra, **own, **budget}))
+    return Plan(args, base, experiment, folder, runs)
+
+
+def check_existing(run: Run) -> None:
+    """A run directory already there must hold this run: same config but for how it executes."""
+    status = run.status
+    if status == "new":
+        return
+    saved = RunDir.open(run.path).load_config().to_dict()
+    ignore = set(RESUME_MUTABLE) | ({"tracker"} if status == "done" else set())
+    for key, want in run.cfg.to_dict().items():
+        if key not in ignore and saved.get(key) != want:
+            raise UsageError(f"{run.path} was trained with {key}: {saved.get(key)} but this comparison asks for "
+                             f"{want}; pass another --experiment (or delete that run)")
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def flag_value(value: Any) -> str:
+    """A config value as train.py's command line takes it."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "none" if value is None else str(value)
+
+
+def train_command(plan: Plan, run: Run) -> list[str]:
+    """train.py for a new run, or --resume for a run directory without summary.json."""
+    prefix = shlex.split(plan.args.launcher) if plan.args.launcher else [sys.executable]
+    if run.status == "partial":  # only what may differ on resume (e.g. a moved data directory)
+        keep = {k: v for k, v in run.overrides.items() if k in RESUME_MUTABLE}
+        args = ["--resume", str(run.path)]
+    else:
+        keep, args = run.overrides, ["-c", plan.args.config]
+    for key, value in keep.items():
+        args += [f"--{key.replace('_', '-')}", flag_value(value)]
+    return [*prefix, os.path.relpath(ROOT / "train.py"), *args]
+
+
+def run_env(jobs: int) -> dict[str, str]:
+    """Runs at once share the cores: each gets its part of them as threads, unless OMP_NUM_THREADS is set."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
+
+
+def execute(plan: Plan, run: Run, env: dict[str, str], label: str) -> tuple[Run, int, float, Path]:
+    """Run one train.py to the end, its output appended to logs/<run>.log: (run, exit code, seconds, log)."""
+    cmd = train_command(plan, run)
+    log = plan.folder / "logs" / f"{run.spec.name}.log"
+    print(f"{label} {'resuming' if run.status == 'partial' else 'training'} {run.spec.name} (log: {log})", flush=True)
+    with log.open("a") as f:
+        f.write(f"$ {shlex.join(cmd)}\n")
+        f.flush()
+        t0 = time.perf_counter()
+        code = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    return run, code, time.perf_counter() - t0, log
+
+
+def children_cpu_seconds() -> float:
+    """CPU time (user + system) of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_seconds_path(plan: Plan) -> Path:
+    return plan.folder / "logs" / "process_seconds.json"
+
+
+def run_all(plan: Plan, todo: list[Run]) -> None:
+    """Train the runs not done yet, `--jobs` at a time; the process wall time of each is added up in logs/."""
+    (plan.folder / "logs").mkdir(parents=True, exist_ok=True)
+    times_path = process_seconds_path(plan)
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    env, failed = run_env(plan.args.jobs), []
+    t0, cpu0 = time.perf_counter(), children_cpu_seconds()
+    with ThreadPoolExecutor(plan.args.jobs) as pool:
+        futures = [pool.submit(execute, plan, run, env, f"[{i}/{len(todo)}]") for i, run in enumerate(todo, 1)]
+        for future in as_completed(futures):
+            run, code, seconds, log = future.result()
+            times[run.spec.name] = times.get(run.spec.name, 0.0) + seconds
+            times_path.write_text(json.dumps(times, indent=1, sort_keys=True) + "\n")
+            if code != 0:
+                failed.append((run, code, log))
+                print(f"{run.spec.name} failed (exit code {code}) after {seconds:.0f} s; see {log}")
+            else:
+                acc = json.loads((run.path / "summary.json").read_text())["final_test_acc"]
+                print(f"{run.spec.name} done in {seconds:.0f} s: final test accuracy {acc:.4f}")
+    if todo:
+        wall, cpu = time.perf_counter() - t0, children_cpu_seconds() - cpu0
+        print(f"{len(todo)} run(s) in {wall:.0f} s wall time, {cpu:.0f} CPU-seconds ({cpu / wall:.2f} of "
+              f"{os.cpu_count()} cores busy with them on average)")
+    if failed:
+        last = failed[0][2].read_text().strip().splitlines()[-1:]
+        message = (f"{len(failed)} run(s) failed ({', '.join(r.spec.name for r, _, _ in failed)}); "
+                   f"first: {last[0] if last else '?'}; fix it and run the same command again to continue")
+        if all(code == 2 for _, code, _ in failed):
+            raise UsageError(message)
+        raise SystemExit(f"error: {message}")
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+def groups_of(plan: Plan, n_train: int) -> list[Group]:
+    """The finished runs of each (mode, k) over seeds, with its cost measured on the config it ran with."""
+    times_path = process_seconds_path(plan)
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    by_key: dict[tuple[str, int], list[Run]] = {}
+    for run in plan.runs:
+        by_key.setdefault((run.spec.mode, run.spec.k), []).append(run)
+    groups = []
+    for (mode, k), runs in by_key.items():
+        results = [compare.load_result(r.spec, r.path, times.get(r.spec.name)) for r in runs]
+        groups.append(Group(mode, k, results, compare.measure_cost(runs[0].cfg, n_train)))
+    return groups
+
+
+def write_if_changed(path: Path, data: str | bytes) -> None:
+    """Write a report file only when its content changed (a rerun that trains nothing changes nothing)."""
+    data = data.encode() if isinstance(data, str) else data
+    if not path.exists() or path.read_bytes() != data:
+        path.write_bytes(data)
+
+
+def report_markdown(plan: Plan, groups: list[Group], rows: list[dict[str, Any]], command: str) -> str:
+    cfg = plan.base
+    cached = any(r["feature_cache"] for r in rows)
+    lines = [
+        f"# {plan.experiment}: greedy vs end-to-end vs decoupled", "",
+        f"`{command}`", "",
+        f"Config `{plan.args.config}` ({cfg.dataset}, widths {cfg.widths}, downsample {cfg.downsample}, batch "
+        f"{cfg.batch_size}, lr {cfg.lr:g}, augment {cfg.augment}); every mode trains the same architecture for "
+        f"a given k on the same data with the same optimizer, schedule shape and augmentation.", "",
+        compare.budget_rule(cfg, plan.args.budget), "",
+        "Mean ± std over seeds (sample std; none shown for one seed).", "",
+        compare.markdown_table(rows), "",
+        "Test accuracy of each stage's head (e2e trains only the last one):", "",
+        compare.depth_table(groups), "",
+        "- *best stage*: the stage whose head has the best mean test accuracy (greedy, decoupled).",
+        "- *ensemble*: the paper's ensemble of all heads (softmax outputs weighted by 2^j).",
+        "- *train s*: the epochs of all stages including the per-epoch test evaluation (summary.json "
+        "`total_time_s`; decoupled: its one joint pass). *process s*: wall time of the train.py process(es), "
+        "also counting start-up, data loading, the feature cache and the final evaluation (summed over resumed "
+        "segments; runs trained at once with --jobs share the CPU).",
+        "- *training FLOPs*: torch.utils.flop_counter.FlopCounterMode on one training step (forward + backward, "
+        "2 FLOPs per multiply-add; the optimizer step and per-epoch evaluation not counted) per stage on a random "
+        "batch of the data set's shape, per image x training images x epochs.",
+        "- *images / block*: training images each block is fit on (epochs x training-set size).",
+        "- *peak activations*: bytes autograd saves for backward in one training step at the config's batch "
+        "size (greedy.profiling.saved_tensor_bytes, parameters excluded), max over greedy stages / decoupled "
+        "parts (each part's graph is freed by its own backward); measured on CPU.",
+    ]
+    if cached:
+        lines.append("- ¹ greedy trains on cached features (`greedy.cache`, augment none): the frozen prefix's "
+                     "forward is counted once per stage (one block forward over the training set as the cache "
+                     "advances), not in every epoch; the steps count block j + head j only.")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(plan: Plan, command: str) -> list[dict[str, Any]]:
+    n_train = compare.train_size(plan.runs[0].cfg)
+    groups = groups_of(plan, n_train)
+    rows = compare.aggregate(groups)
+    write_if_changed(plan.folder / "comparison.csv", compare.csv_text(rows))
+    write_if_changed(plan.folder / "comparison.md", report_markdown(plan, groups, rows, command))
+    for name, plot in PLOTS.items():
+        write_if_changed(plan.folder / name, plot(groups))
+    return rows
+
+
+def log_to_wandb(plan: Plan, rows: list[dict[str, Any]]) -> None:
+    """One W&B run (job_type compare) in the experiment's group: the table and the plots."""
+    from greedy.tracking import offline_without_credentials
+
+    offline = offline_without_credentials()
+    import wandb
+
+    run = wandb.init(project=plan.base.wandb_project, group=plan.experiment, job_type="compare",
+                     name=f"{plan.experiment}-compare", dir=str(plan.folder), config=vars(plan.args))
+    columns = list(rows[0])
+    run.log({"comparison": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows]),
+             **{name.removesuffix(".png"): wandb.Image(str(plan.folder / name)) for name in PLOTS}})
+    where = run.dir.rsplit("/files", 1)[0]
+    run.finish()
+    if offline:
+        print(f"W&B comparison run saved offline in {where}; upload it with `wandb sync {where}`")
+
+
+def plan_costs(plan: Plan) -> str:
+    """What each (mode, k) will cost, before training: FLOPs, images per block, peak activation memory."""
+    n_train = compare.train_size(plan.runs[0].cfg)
+    lines = [f"{n_train:,} training images", "| mode | k | epochs / block | training FLOPs | images / block | "
+             "peak activations MiB |", "|---|---|---|---|---|---|"]
+    seen = set()
+    for run in plan.runs:
+        if (run.spec.mode, run.spec.k) in seen:
+            continue
+        seen.add((run.spec.mode, run.spec.k))
+        cost = compare.measure_cost(run.cfg, n_train)
+        lines.append(f"| {run.spec.mode} | {run.spec.k} | {cost.epochs} | {cost.train_flops:.3g}"
+                     f"{' (cached)' if cost.cached else ''} | {cost.images_per_block:,} | "
+                     f"{cost.peak_activation_bytes / 2**20:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    plan = make_plan(get_args(argv))
+    command = shlex.join(["python", "scripts/compare.py", *argv])
+    for run in plan.runs:
+        check_existing(run)
+    todo = [r for r in plan.runs if r.status != "done"]
+    print(compare.budget_rule(plan.base, plan.args.budget))
+    print(f"{plan.folder}: {len(plan.runs)} runs, {len(plan.runs) - len(todo)} done, {len(todo)} to run")
+    if plan.args.plan:
+        for run in plan.runs:
+            print(f"{run.spec.name} [{run.status}]: {shlex.join(train_command(plan, run))}")
+        print(plan_costs(plan))
+        return 0
+    run_all(plan, todo)
+    rows = write_report(plan, command)
+    print((plan.folder / "comparison.md").read_text())
+    if plan.args.wandb:
+        log_to_wandb(plan, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

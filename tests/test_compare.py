@@ -1,0 +1,255 @@
+"""scripts/compare.py: every (mode, k, seed) through train.py, resumable, then one table, a CSV and three plots."""
+
+import csv
+import importlib.util
+import json
+import os
+import sys
+import time
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch.utils.flop_counter import FlopCounterMode
+
+from greedy import compare
+from greedy.builder import GreedyBuilder
+from greedy.config import build_config, load_yaml
+from greedy.errors import UsageError
+from greedy.profiling import saved_tensor_bytes
+from greedy.trainer import decoupled_step, train_step
+from tests.helpers import ROOT, cli, tree_digest
+
+ARGS = ["-c", "configs/digits_k2.yaml", "--modes", "greedy,e2e,decoupled", "--k", "1", "--seeds", "0,1",
+        "--experiment", "tiny", "--jobs", "2"]
+TRAIN = ["--", "--widths", "16,16,32", "--downsample", "3", "--epochs", "2"]
+PLOTS = ("accuracy_by_depth.png", "accuracy_vs_time.png", "memory.png")
+RUNS = [f"{m}-k1-s{s}" for m in ("greedy", "e2e", "decoupled") for s in (0, 1)]
+
+
+def load_script():
+    """scripts/compare.py as a module, to call its main() in this process."""
+    spec = importlib.util.spec_from_file_location("compare_script", ROOT / "scripts" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return load_script()
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """The comparison run once as a user runs it; one thread per train.py so that the two jobs share the cores."""
+    out = tmp_path_factory.mktemp("compare")
+    proc = cli("scripts/compare.py", *ARGS, "--out-dir", str(out), *TRAIN, env={"OMP_NUM_THREADS": "1"})
+    return out / "tiny", proc.stdout
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_table_csv_and_plots(experiment):
+    folder, stdout = experiment
+    assert "6 runs, 0 done, 6 to run" in stdout and "budget per_stage" in stdout
+    rows = list(csv.DictReader((folder / "comparison.csv").open()))
+    assert [(r["mode"], r["k"], r["seeds"], r["epochs"]) for r in rows] == [
+        ("greedy", "1", "2", "2"), ("e2e", "1", "2", "2"), ("decoupled", "1", "2", "2")]
+    for r in rows:
+        assert 0.7 < float(r["final_acc_mean"]) <= 1 and float(r["final_acc_std"]) >= 0  # chance is 0.1
+        assert int(r["images_per_block"]) == 2 * 1437 and float(r["train_flops"]) > 0
+    by_mode = {r["mode"]: r for r in rows}
+    assert by_mode["e2e"]["best_stage"] == "" and by_mode["greedy"]["best_stage"] in ("1", "2", "3")
+    assert by_mode["greedy"]["feature_cache"] == "True"  # augment none: greedy trains on cached features
+    # a greedy stage and a decoupled part hold one block's activations; e2e holds every block's
+    e2e, greedy, dec = (int(by_mode[m]["peak_activation_bytes"]) for m in ("e2e", "greedy", "decoupled"))
+    assert greedy == dec < e2e
+    summaries = {name: json.loads((folder / name / "summary.json").read_text()) for name in RUNS}
+    finals = [summaries[f"greedy-k1-s{s}"]["final_test_acc"] for s in (0, 1)]
+    assert float(by_mode["greedy"]["final_acc_mean"]) == pytest.approx(sum(finals) / 2, abs=1e-6)
+
+    table = (folder / "comparison.md").read_text()
+    assert table.count("| greedy | 1 | 2 |") == 1 and "| e2e | 1 | 2 |" in table and "| decoupled | 1 | 2 |" in table
+    assert "budget per_stage" in table and "¹ greedy trains on cached features" in table
+    for name in PLOTS:
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    commands = [(folder / "logs" / f"{name}.log").read_text().splitlines()[0] for name in RUNS]
+    assert all("train.py -c configs/digits_k2.yaml" in c and "--experiment tiny" in c for c in commands)
+
+
+def test_second_invocation_runs_nothing(experiment, script, one_thread, capsys):
+    folder, _ = experiment
+    before = tree_digest(folder)
+    t0 = time.perf_counter()
+    assert script.main([*ARGS, "--out-dir", str(folder.parent), *TRAIN]) == 0
+    assert time.perf_counter() - t0 < 20
+    assert "6 runs, 6 done, 0 to run" in capsys.readouterr().out
+    assert tree_digest(folder) == before  # not even the report files are rewritten
+
+
+def test_run_without_summary_is_resumed(experiment, script, one_thread, capsys):
+    folder, _ = experiment
+    run = folder / "decoupled-k1-s1"
+    expected = json.loads((run / "summary.json").read_text())["final_test_acc"]
+    (run / "summary.json").unlink()
+    assert script.main([*ARGS, "--out-dir", str(folder.parent), *TRAIN]) == 0
+    out = capsys.readouterr().out
+    assert "5 done, 1 to run" in out and "resuming decoupled-k1-s1" in out
+    assert "--resume" in (folder / "logs" / "decoupled-k1-s1.log").read_text()
+    assert json.loads((run / "summary.json").read_text())["final_test_acc"] == expected
+
+
+def test_bad_input_exits_2(tmp_path):
+    proc = cli("scripts/compare.py", "-c", "configs/digits_k2.yaml", "--modes", "greedy,greedier", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown mode 'greedier'" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-c", "configs/digits_k2.yaml", "--k", "1,4"], "--k: 4 is outside 1..3"),
+    (["-c", "configs/nope.yaml"], "does not exist"),
+    (["-c", "configs/digits_k2.yaml", "--budget", "half"], "--budget"),
+    (["-c", "configs/digits_k2.yaml", "--", "--k", "2"], "use compare.py's --k"),
+    (["-c", "configs/digits_k2.yaml", "--", "--epoks", "2"], "unrecognized arguments"),
+    (["-c", "configs/fashion_mnist_k2.yaml", "--", "--data-dir", "/nonexistent"], "does not exist"),
+])
+def test_bad_input_is_one_line(script, tmp_path, args, message):
+    with pytest.raises(UsageError, match=message):
+        script.main(["--out-dir", str(tmp_path), *args])
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_changed_config_is_refused_for_an_existing_experiment(experiment, script):
+    folder, _ = experiment
+    before = tree_digest(folder)
+    with pytest.raises(UsageError, match="was trained with epochs: 2 but this comparison asks for 3"):
+        script.main([*ARGS, "--out-dir", str(folder.parent), *TRAIN[:-1], "3"])
+    assert tree_digest(folder) == before
+
+
+def test_plan_prints_commands_with_the_budget_and_wandb(script, tmp_path, capsys):
+    args = ["-c", "configs/digits_k2.yaml", "--k", "2", "--seeds", "0", "--budget", "total", "--wandb", "--plan",
+            "--experiment", "exp", "--out-dir", str(tmp_path), "--launcher", "accelerate launch --num_processes 2"]
+    assert script.main(args) == 0
+    out = capsys.readouterr().out
+    lines = {line.split(" ")[0]: line for line in out.splitlines() if line.startswith(("greedy-", "e2e-", "dec"))}
+    assert lines["greedy-k2-s0"].split(": ", 1)[1].startswith("accelerate launch --num_processes 2 train.py -c ")
+    assert "--tracker wandb" in lines["e2e-k2-s0"] and "--experiment exp" in lines["e2e-k2-s0"]
+    # total budget: e2e and decoupled get epochs x blocks (3 x 10) and the LR decay scaled alike (3 x 6)
+    assert "--epochs 30 --decay-epochs 18.0 --e2e-epochs 30" in lines["e2e-k2-s0"]
+    assert "--epochs 30 --decay-epochs 18.0" in lines["decoupled-k2-s0"]
+    assert "--epochs" not in lines["greedy-k2-s0"]
+    assert "budget total" in out and "| e2e | 2 | 30 |" in out
+    assert not any(tmp_path.iterdir())
+
+
+def test_wandb_summary_run_is_in_the_experiment_group(script, experiment, monkeypatch, tmp_path):
+    """The summary table run: job_type compare in the --experiment group, offline without credentials."""
+    folder, _ = experiment
+    calls = {}
+
+    class FakeRun:
+        dir = str(tmp_path / "wandb" / "offline-run" / "files")
+
+        def log(self, values):
+            calls["logged"] = sorted(values)
+
+        def finish(self):
+            calls["finished"] = True
+
+    def init(**kwargs):
+        calls["init"] = kwargs
+        return FakeRun()
+
+    fake = types.SimpleNamespace(init=init, Table=lambda columns, data: (columns, data), Image=lambda path: path)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no credentials
+    plan = script.make_plan(script.get_args([*ARGS, "--out-dir", str(folder.parent), "--wandb", *TRAIN]))
+    script.log_to_wandb(plan, [{"mode": "greedy", "k": 1}])
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert calls["init"]["group"] == "tiny" and calls["init"]["job_type"] == "compare"
+    assert calls["logged"] == ["accuracy_by_depth", "accuracy_vs_time", "comparison", "memory"] and calls["finished"]
+
+
+# ---------------------------------------------------------------------------------------------- greedy.compare
+
+
+def tiny_config(k: int = 2, **values):
+    return build_config({**load_yaml("configs/digits_k2.yaml"), "widths": [8, 8, 16], "downsample": [3], "k": k,
+                         "batch_size": 16, **values}, check_data=False)
+
+
+def test_budget_rule():
+    cfg = tiny_config(epochs=4, decay_epochs=3)
+    assert compare.budget_overrides(cfg, "greedy", "total") == {}
+    assert compare.budget_overrides(cfg, "decoupled", "per_stage") == {}
+    assert compare.budget_overrides(cfg, "e2e", "per_stage") == {"e2e_epochs": 4}
+    assert compare.budget_overrides(cfg, "e2e", "total") == {"epochs": 12, "decay_epochs": 9, "e2e_epochs": 12}
+    assert compare.budget_overrides(cfg, "decoupled", "total") == {"epochs": 12, "decay_epochs": 9}
+
+
+@pytest.mark.parametrize("mode", ["greedy", "e2e", "decoupled"])
+def test_cost_matches_the_trainers_steps(mode, one_thread):
+    """FLOPs and saved bytes equal FlopCounterMode / saved_tensor_bytes around train_step / decoupled_step."""
+    cfg = tiny_config(k=3, mode=mode, cache="off", epochs=1)
+    net, shape, _ = compare._net(cfg, "cpu")
+    x, y = torch.randn(16, *shape), torch.randint(0, 10, (16,))
+    accelerator, builder = Accelerator(cpu=True), GreedyBuilder(net, mode)
+    weights = [*net.parameters(), *net.buffers()]
+    flops, saved = 0.0, []
+    for i in range(builder.num_stages):
+        stage = builder.stage(i)
+        optimizers = [torch.optim.SGD(p.parameters(), lr=0.0) for p in stage.parts]
+        if stage.decoupled:
+            step = lambda s=stage, o=optimizers: decoupled_step(s.prefix, s.parts, o, accelerator, x, y)  # noqa: E731
+            h = stage.prefix(x)
+            for part in stage.parts:  # each part's graph is freed by its own backward: its peak is its own
+                saved.append(saved_tensor_bytes(lambda p=part, h=h: F.cross_entropy(p(h)[1], y).backward(), weights))
+                h = part(h)[0].detach()
+        else:
+            step = lambda s=stage, o=optimizers: train_step(s.prefix, s.trainable, o[0], accelerator, x, y)  # noqa: E731
+            saved.append(saved_tensor_bytes(step, weights))
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops += counter.get_total_flops()
+    cost = compare.measure_cost(cfg, n_train=16)
+    assert cost.train_flops == flops and cost.cache_flops == 0 and not cost.cached
+    assert cost.peak_activation_bytes == max(saved)
+
+
+def test_cached_greedy_counts_the_prefix_once(one_thread):
+    uncached = compare.measure_cost(tiny_config(cache="off", epochs=3), n_train=100)
+    cached = compare.measure_cost(tiny_config(cache="on", epochs=3), n_train=100)
+    prefix = [p for p, _ in compare.flops_per_image(tiny_config(), "greedy")]
+    assert cached.cached and cached.cache_flops == prefix[-1] * 100  # blocks 1..J-1, once each
+    assert uncached.train_flops - cached.step_flops == pytest.approx(sum(prefix) * 100 * 3)
+
+
+def test_activation_bytes_extrapolate_exactly(one_thread):
+    """Saved bytes are affine in the batch: the 2 -> 4 extrapolation equals measuring at the full batch."""
+    cfg = tiny_config(batch_size=24)
+    net, shape, _ = compare._net(cfg, "cpu")
+    stage = GreedyBuilder(net, "e2e").stage(0)
+    x, y = torch.randn(24, *shape), torch.randint(0, 10, (24,))
+    direct = saved_tensor_bytes(lambda: F.cross_entropy(stage.trainable(x), y).backward(),
+                                [*net.parameters(), *net.buffers()])
+    assert compare.activation_bytes(cfg, "e2e") == direct
+
+
+def test_time_curve_adds_up_the_stages():
+    spec = compare.RunSpec("greedy", 1, 0)
+    metrics = [{"stage": s, "epoch": e, "time": 10.0 * e, "test_acc": 0.1 * s} for s in (1, 2) for e in (1, 2)]
+    result = compare.RunResult(spec, {"stage_test_acc": [0.1, 0.2]}, metrics)
+    assert compare.time_curve(result) == [(10.0, 0.1), (20.0, 0.1), (30.0, 0.2), (40.0, 0.2)]
