@@ -119,6 +119,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     compare.check_grid(modes, ks, seeds, args.budget)
     if args.jobs < 1:
         raise UsageError(f"--jobs: must be at least 1, got {args.jobs}")
+    if args.jobs > 1 and args.launcher:
+        raise UsageError("--jobs above 1 with --launcher: the runs would share the launcher's devices; drop --jobs")
     yaml_values = load_yaml(args.config)
     extra = train_overrides(args.train_args)
     base = build_config({**yaml_values, **extra}, check_data=False)

@@ -122,6 +122,7 @@ def test_bad_input_exits_2(tmp_path):
     (["-c", "configs/digits_k2.yaml", "--", "--k", "2"], "use compare.py's --k"),
     (["-c", "configs/digits_k2.yaml", "--", "--epoks", "2"], "unrecognized arguments"),
     (["-c", "configs/fashion_mnist_k2.yaml", "--", "--data-dir", "/nonexistent"], "does not exist"),
+    (["-c", "configs/digits_k2.yaml", "--jobs", "2", "--launcher", "accelerate launch"], "--jobs above 1"),
 ])
 def test_bad_input_is_one_line(script, tmp_path, args, message):
     with pytest.raises(UsageError, match=message):
