@@ -201,7 +201,7 @@ def _trainable(part: nn.Module) -> nn.Module:
 
 def flops_per_image(cfg: Config, mode: str, batch: int = 2) -> list[tuple[float, float]]:
     """(prefix forward, trainable forward + backward) FLOPs per image of each piece, on meta tensors."""
-    net, shape, num_classes = _net(cfg, "meta")
+    net, shape, _ = _net(cfg, "meta")
     x = torch.zeros(batch, *shape, device="meta")
     y = torch.zeros(batch, dtype=torch.long, device="meta")
     result = []
@@ -282,10 +282,6 @@ class RunResult:
     summary: dict[str, Any]
     metrics: list[dict[str, Any]]
     process_seconds: float | None = None
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.summary["stage_test_acc"])
 
 
 def load_result(spec: RunSpec, path: Path, process_seconds: float | None = None) -> RunResult:
