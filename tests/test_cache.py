@@ -19,13 +19,7 @@ TINY = ["-c", "configs/digits_k2.yaml", "--widths", "16,16,32", "--downsample", 
         "--batch-size", "64", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny nets gain nothing from a second thread, and lose much when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_train(out, name, *args, capsys=None) -> tuple[dict, dict, str]:
