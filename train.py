@@ -18,16 +18,21 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from greedy.builder import GreedyBuilder, Stage
 from greedy.cache import FeatureCache, cache_enabled
 from greedy.checkpoint import RunDir, load_into, load_safetensors, state_digest
-from greedy.config import Config, build_config, config_arguments, load_yaml, make_parser, overrides_from_args
+from greedy.config import (
+    RESUME_MUTABLE,
+    Config,
+    build_config,
+    config_arguments,
+    load_yaml,
+    make_parser,
+    overrides_from_args,
+)
 from greedy.data import DataBundle, create_datasets, create_loaders, dataset_info
 from greedy.errors import UsageError, run_cli
 from greedy.models import create_greedy_net
 from greedy.summary import describe_model, format_table, result_rows
 from greedy.tracking import Tracker
 from greedy.trainer import evaluate_heads, make_accelerator, train_stage
-
-# Keys that may differ on --resume: they change how a run executes, not what it computes.
-RESUME_MUTABLE = ("no_progress", "num_workers", "pin_memory", "persistent_workers", "data_dir", "cache_budget_gb")
 
 
 def get_args_parser():
@@ -68,16 +73,26 @@ def print_model(cfg: Config) -> None:
 
 
 def stage_loaders(cfg: Config, data: DataBundle, stage: Stage, cache: FeatureCache | None, net) -> tuple:
-    """The stage (its prefix replaced when it trains on cached features) and its (train, test) loaders."""
+    """The stage (its prefix replaced when it trains on cached features), its (train, test) loaders and the
+    seconds spent building its feature cache."""
     if cache is None:
         return stage, create_loaders(data, cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                                      num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
-                                     persistent_workers=cfg.persistent_workers)
+                                     persistent_workers=cfg.persistent_workers), 0.0
     if cache.stage is not None and cache.stage == stage.index - 1:
         cache.advance(net.blocks[stage.index - 1])
     else:  # the first stage, or the first one trained after a resume: from the (loaded) frozen prefix
         cache.build(stage.prefix, data, stage.index, cfg.num_workers)
-    return replace(stage, prefix=cache.prefix()), cache.loaders(cfg.batch_size, cfg.eval_batch_size, cfg.pin_memory)
+    loaders = cache.loaders(cfg.batch_size, cfg.eval_batch_size, cfg.pin_memory)
+    return replace(stage, prefix=cache.prefix()), loaders, cache.seconds
+
+
+def trained_heads(cfg: Config, heads: dict[str, list[float]]) -> dict[str, list[float | None]]:
+    """Per-head accuracies, None where e2e trained nothing: its intermediate heads and their ensembles."""
+    if cfg.mode != "e2e":
+        return heads
+    n = len(heads["head_acc"])
+    return {"head_acc": [None] * (n - 1) + heads["head_acc"][-1:], "ensemble_acc": [None] * n}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 run.verify_state(resume_from)
                 if accelerator.is_main_process:
                     run.truncate_metrics(resume[0], resume[1], by_epoch=stage.decoupled)
-            stage, loaders = stage_loaders(cfg, data, stage, cache, net)
-            train_stage(stage, cfg, accelerator, loaders, run, tracker, resume_from, say)
+            stage, loaders, cache_seconds = stage_loaders(cfg, data, stage, cache, net)
+            train_stage(stage, cfg, accelerator, loaders, run, tracker, resume_from, say, cache_seconds)
             if accelerator.is_main_process:
                 run.save_weights(weights, builder.stage_state_dict(stage))
             run.drop_states(accelerator)
@@ -141,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     digests = gather_object([state_digest(net.state_dict())])  # one per rank: DDP must keep them equal
     if len(set(digests)) > 1:
         say(f"warning: the {len(digests)} processes ended with different weights")
-    final = {"final_test_acc": rows[-1]["test_acc"], "stage_test_acc": heads["head_acc"],
-             "ensemble_acc": heads["ensemble_acc"], "total_time_s": total,
+    trained = trained_heads(cfg, heads)
+    final = {"final_test_acc": rows[-1]["test_acc"], "stage_test_acc": trained["head_acc"],
+             "ensemble_acc": trained["ensemble_acc"], "total_time_s": total,
+             "cache_time_s": run.cache_seconds(),
              "num_processes": accelerator.num_processes, "rank_weight_digests": digests}
     if accelerator.is_main_process:
         run.save_weights(run.path / "model.safetensors",

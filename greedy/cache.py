@@ -111,6 +111,7 @@ class FeatureCache:
         self.autocast = autocast
         self.say = say
         self.stage: int | None = None  # the 0-based greedy stage whose inputs are held
+        self.seconds = 0.0  # wall time of the last build or advance
         self.splits: dict[str, _Split] = {}
 
     @classmethod
@@ -192,6 +193,7 @@ class FeatureCache:
                              f"but only {free / 2**30:.1f} GiB are free; raise --cache-budget-gb or pass --cache off")
 
     def _report(self, verb: str, seconds: float) -> None:
+        self.seconds = seconds
         train = self.splits["train"].features
         where = "RAM" if self.in_ram else f"memory-mapped file in {self.directory}"
         self.say(f"cache: {verb} stage{self.stage + 1} inputs {'x'.join(map(str, train.shape))} "

@@ -101,6 +101,11 @@ class RunDir:
         """Wall time of each (0-based) stage, from its last metrics record."""
         return {r["stage"] - 1: r["time"] for r in self.read_metrics()}
 
+    def cache_seconds(self) -> float:
+        """Seconds spent building feature caches, all stages (already included in their times)."""
+        last = {r["stage"]: r.get("cache_time", 0.0) for r in self.read_metrics()}
+        return sum(last.values())
+
     def read_metrics(self) -> list[dict[str, Any]]:
         """One record per epoch per stage; stage and epoch are 1-based, as printed."""
         if not self.metrics_path.exists():

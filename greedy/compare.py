@@ -411,7 +411,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def depth_table(groups: list[Group]) -> str:
     """Test accuracy (%) of each stage's head, mean ± std over seeds."""
-    stages = max(len(g.depth) for g in groups)
+    stages = max(len(g.results[0].summary["stage_test_acc"]) for g in groups)
     head = ["mode", "k", *(f"stage {j + 1}" for j in range(stages))]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:

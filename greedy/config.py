@@ -22,6 +22,9 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 TRACKERS = ("none", "wandb")
 CACHE_MODES = ("auto", "on", "off")
 CACHE_DTYPES = ("auto", "fp32", "fp16", "bf16")
+# Keys that may differ on --resume: they change how a run executes, not what it computes.
+RESUME_MUTABLE = ("no_progress", "num_workers", "pin_memory", "persistent_workers", "data_dir", "cache_budget_gb",
+                  "log_every")
 # Datasets whose files must exist on disk unless `download` is set.
 DISK_DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
 
@@ -37,6 +40,7 @@ class Config:
     seed: int = 0
     experiment: str | None = None  # W&B group shared by the runs of one comparison
     tracker: str = "none"  # none | wandb
+    log_every: int = 50  # steps between per-step W&B logs (each costs a device sync); epochs are always logged
     wandb_project: str = "greedy"
     no_progress: bool = False
 
@@ -208,7 +212,7 @@ def validate(cfg: Config, check_data: bool = True) -> None:
         )
     if len(set(cfg.downsample)) != len(cfg.downsample):
         raise UsageError(f"config key 'downsample': {cfg.downsample} names a block twice")
-    for key in ("epochs", "batch_size", "grad_accum", "pool_size"):
+    for key in ("epochs", "batch_size", "grad_accum", "pool_size", "log_every"):
         if getattr(cfg, key) < 1:
             raise UsageError(f"config key '{key}': must be at least 1, got {getattr(cfg, key)}")
     for key in ("aux_width", "e2e_epochs", "eval_batch_size", "img_size", "num_classes"):
@@ -242,7 +246,8 @@ def config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return _OneLineParser(prog=prog, description=description)
+    # No abbreviations: `--epoch 3` must be an error, not silently `--epochs 3`.
+    return _OneLineParser(prog=prog, description=description, allow_abbrev=False)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -125,8 +125,8 @@ def stage_logits(stage: Stage, models: list[nn.Module], x: torch.Tensor) -> list
 
 
 def train_one_epoch(stage: Stage, models: list[nn.Module], loader, optimizers: list, accelerator: Accelerator,
-                    tracker: Tracker, step: int, progress: bool,
-                    channels_last: bool = False) -> tuple[list[float], list[float], int, float]:
+                    tracker: Tracker, step: int, progress: bool, channels_last: bool = False,
+                    log_every: int = 1) -> tuple[list[float], list[float], int, float]:
     """One pass over the training data: (mean loss per part, train accuracy per part, global step, s/step)."""
     for model in models:
         model.train()
@@ -142,7 +142,7 @@ def train_one_epoch(stage: Stage, models: list[nn.Module], loader, optimizers: l
         seen += y.numel()
         step += 1
         steps += 1
-        if tracker.use_wandb:
+        if tracker.use_wandb and step % log_every == 0:  # .item() waits for the device: not every step
             values = {"train/loss": losses[-1].item(), "train/lr": optimizers[-1].param_groups[0]["lr"]}
             if stage.decoupled:
                 values.update({f"train/loss_{name}": v for (_, name), v in zip(stage.part_ids(), losses.tolist(),
@@ -198,11 +198,13 @@ def make_scheduler(cfg: Config, optimizer, epochs: int):
 
 
 def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, run: RunDir, tracker: Tracker,
-                resume_from=None, say=print) -> StageResult:
+                resume_from=None, say=print, cache_seconds: float = 0.0) -> StageResult:
     """Fit the stage's part(s) for the configured epochs, saving resumable state after every epoch.
 
     Greedy and e2e stages have one part; a decoupled stage has one per block, each with its own optimizer,
     scheduler and record per epoch (stage = block number), all in the same pass over the data.
+    `cache_seconds`, the time spent building this stage's feature cache, is counted in the stage's time and
+    reported on its own as `cache_time`.
     """
     epochs = stage_epochs(cfg, stage)
     set_seed(cfg.seed + 1000 * (stage.index + 1), device_specific=True)  # augmentation RNG, per rank
@@ -213,11 +215,13 @@ def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, ru
     prepared = accelerator.prepare(*parts, *optimizers, *loaders)
     models, optimizers, (train_loader, test_loader) = list(prepared[:n]), list(prepared[n:2 * n]), prepared[2 * n:]
 
-    start_epoch, step, seconds = 0, tracker.step, 0.0  # the step counts across stages (W&B's x axis)
+    start_epoch, step, seconds, cache_time = 0, tracker.step, 0.0, 0.0  # step counts across stages (W&B x axis)
     if resume_from is not None:
         progress = run.load_state(accelerator, resume_from)
         start_epoch, step, seconds = progress["epoch"] + 1, progress["step"], progress["seconds"]
+        cache_time = progress.get("cache_time", 0.0)
         say(f"resuming {stage.name} at epoch {start_epoch + 1}/{epochs} from {resume_from}")
+    seconds, cache_time = seconds + cache_seconds, cache_time + cache_seconds  # a resume rebuilds the cache
     for _, name in stage.part_ids():
         tracker.begin_stage(name)
     show = show_progress(cfg, accelerator)
@@ -229,7 +233,8 @@ def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, ru
         train_loader.set_epoch(1000 * stage.index + epoch)
         lr = optimizers[0].param_groups[0]["lr"]
         losses, train_accs, step, step_time = train_one_epoch(stage, models, train_loader, optimizers, accelerator,
-                                                              tracker, step, show, cfg.channels_last)
+                                                              tracker, step, show, cfg.channels_last,
+                                                              cfg.log_every)
         sync_buffers(models, accelerator)
         test_accs = evaluate_parts(stage, models, test_loader, accelerator, cfg.channels_last)
         seconds += time.perf_counter() - t0
@@ -238,12 +243,12 @@ def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, ru
             result = StageResult(stage.name, stage.index, test_acc, train_acc, loss, seconds)
             record = {"stage": index + 1, "stage_name": name, "epoch": epoch + 1, "loss": loss,
                       "train_acc": train_acc, "test_acc": test_acc, "lr": lr, "time": seconds,
-                      "step_time": step_time}
+                      "cache_time": cache_time, "step_time": step_time}
             tracker.log_epoch(record, step)
             if accelerator.is_main_process:
                 say(f"{name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train {train_acc:.4f}  "
                     f"test {test_acc:.4f}  lr {lr:.4g}  {seconds:.1f}s")
-        run.save_state(accelerator, stage.index, epoch, {"step": step, "seconds": seconds})
+        run.save_state(accelerator, stage.index, epoch, {"step": step, "seconds": seconds, "cache_time": cache_time})
     tracker.step = step
     accelerator.free_memory()  # release this stage's prepared objects before the next stage
     stage.trainable.eval()

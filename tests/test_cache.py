@@ -47,6 +47,11 @@ def test_cache_on_matches_off_and_memmap_matches_ram(uncached, capsys):
     assert "cache: built stage1" in log_ram and "cache: advanced stage3" in log_ram and "RAM" in log_ram
     assert log_map.count("memory-mapped file") == 3 and "RAM" not in log_map
     assert not list((out / "mmap").glob(".cache-*"))  # deleted when the stages end
+    # the cache build is timed, reported on its own and counted in each stage's time
+    records = [json.loads(line) for line in (out / "ram" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["cache_time"] > 0 and r["time"] > r["cache_time"] for r in records)
+    assert s_ram["cache_time_s"] == pytest.approx(sum({r["stage"]: r["cache_time"] for r in records}.values()))
+    assert s_off["cache_time_s"] == 0
     # fp32 cache: the same training up to the rounding of the prefix's batch composition
     assert s_ram["stage_test_acc"] == s_off["stage_test_acc"]
     assert max_rel_diff(w_ram, w_off) < 1e-5  # bit-identical on this CPU

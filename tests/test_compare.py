@@ -52,12 +52,9 @@ def experiment(tmp_path_factory):
 
 
 @pytest.fixture
-def one_thread(monkeypatch):
+def one_thread_here_and_in_runs(one_thread, monkeypatch):
+    """One torch thread in this process (conftest) and in every train.py that compare.py starts."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_table_csv_and_plots(experiment):
@@ -88,7 +85,7 @@ def test_table_csv_and_plots(experiment):
     assert all("train.py -c configs/digits_k2.yaml" in c and "--experiment tiny" in c for c in commands)
 
 
-def test_second_invocation_runs_nothing(experiment, script, one_thread, capsys):
+def test_second_invocation_runs_nothing(experiment, script, one_thread_here_and_in_runs, capsys):
     folder, _ = experiment
     before = tree_digest(folder)
     t0 = time.perf_counter()
@@ -98,7 +95,7 @@ def test_second_invocation_runs_nothing(experiment, script, one_thread, capsys):
     assert tree_digest(folder) == before  # not even the report files are rewritten
 
 
-def test_run_without_summary_is_resumed(experiment, script, one_thread, capsys):
+def test_run_without_summary_is_resumed(experiment, script, one_thread_here_and_in_runs, capsys):
     folder, _ = experiment
     run = folder / "decoupled-k1-s1"
     expected = json.loads((run / "summary.json").read_text())["final_test_acc"]

@@ -58,11 +58,15 @@ def test_e2e_baseline_same_config(tmp_path):
     result = summary(tmp_path / "e2e")
     assert result["mode"] == "e2e" and len(result["rows"]) == 1
     assert result["final_test_acc"] > 0.5
+    # e2e trains only the last head: the others (and every ensemble) are reported as not trained
+    assert result["stage_test_acc"] == [None, None, result["final_test_acc"]]
+    assert result["ensemble_acc"] == [None, None, None]
     assert "e2e" in proc.stdout.split("final test accuracy")[0]  # same table format, one e2e row
 
 
 @pytest.mark.parametrize("args, fragment", [
     (["--widht", "3"], "unrecognized arguments: --widht"),
+    (["--epoch", "3"], "unrecognized arguments: --epoch"),  # no silent abbreviation of --epochs
     (["--k", "4"], "outside 1..3"),
     (["--downsample", "5"], "do not exist"),
     (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "does not exist"),

@@ -13,7 +13,7 @@ from tests.wandb_log import read_offline_run
 def offline_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("wandb")
     env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "HOME": str(out)}  # no credentials anywhere
-    procs = {mode: cli("train.py", *TINY, "--epochs", "2", "--mode", mode, "--wandb", "--experiment", "cmp",
+    procs = {mode: cli("train.py", *TINY, "--epochs", "2", "--mode", mode, "--wandb", "--experiment", "cmp", "--log-every", "10",
                        "--out-dir", str(out), "--name", mode, env=env) for mode in ("greedy", "e2e")}
     return out, procs
 
@@ -24,7 +24,9 @@ def test_offline_history_holds_every_stage_accuracy(offline_runs):
     for stage in ("stage1", "stage2", "stage3"):
         epochs = [row[f"{stage}/epoch"] for row in history if f"{stage}/test_acc" in row]
         assert epochs == [1, 2], stage
-    assert any("train/loss" in row and "train/lr" in row for row in history)
+    # per-step values every --log-every steps (3 stages x 2 epochs x 23 steps of 64 images)
+    steps = [row["_step"] for row in history if "train/loss" in row and "train/lr" in row]
+    assert steps == list(range(10, 139, 10)), steps
     assert "wandb sync" in procs["greedy"].stdout  # one line says where the offline run is
 
 
