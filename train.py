@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             holder = [str(RunDir.create(cfg, Path(args.config).stem).path)]
         run = RunDir(Path(broadcast_object_list(holder)[0]))
     say(f"run directory: {run.path}")
+    if accelerator.num_processes > 1 or cfg.grad_accum > 1:  # --batch-size is per process: say what it adds up to
+        say(f"global batch: {cfg.batch_size} per process x {accelerator.num_processes} processes x "
+            f"{cfg.grad_accum} accumulation steps = {cfg.batch_size * accelerator.num_processes * cfg.grad_accum}")
     tracker = Tracker(accelerator, cfg, run, say)
     resume = run.latest_state()
 

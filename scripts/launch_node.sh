@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train on one node with all its GPUs (or NUM_GPUS of them) through accelerate.
-#   scripts/launch_node.sh configs/imagenet_k3.yaml --data-dir /data/imagenet --wandb
+#   scripts/launch_node.sh configs/imagenet_k3.yaml --data-dir /data/imagenet --batch-size 32 --wandb  # 8 x 32 = 256
 #   NUM_GPUS=4 MIXED_PRECISION=bf16 scripts/launch_node.sh configs/cifar10_k3.yaml
 # Resume a stopped run with the same script: scripts/launch_node.sh --resume runs/NAME
 set -euo pipefail

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Multi-node training: one `accelerate launch` per node, started by srun.
 #   sbatch --nodes 4 --gres gpu:8 --ntasks-per-node 1 scripts/launch_slurm.sh configs/imagenet_k3.yaml \
-#          --data-dir /data/imagenet --name inet_k3 --wandb --experiment inet
+#          --data-dir /data/imagenet --batch-size 8 --name inet_k3 --wandb --experiment inet
+# (--batch-size is per process: 4 nodes x 8 GPUs x 8 = the paper's 256)
 # Re-submitting with `--resume runs/inet_k3` continues from the last complete epoch.
 #SBATCH --job-name=greedy
 #SBATCH --ntasks-per-node=1

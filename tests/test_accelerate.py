@@ -25,6 +25,7 @@ def test_two_processes_match_one(single_process, tmp_path):
     assert len(digests) == 2 and digests[0] == digests[1]  # every stage's weights identical across ranks
     assert abs(result["final_test_acc"] - single_process["final_test_acc"]) <= 0.015
     assert proc.stdout.count("final test accuracy") == 1  # only the main process prints
+    assert "global batch: 64 per process x 2 processes x 1 accumulation steps = 128" in proc.stdout
 
 
 def test_bf16_close_to_fp32(single_process, tmp_path):

@@ -13,8 +13,9 @@ from tests.wandb_log import read_offline_run
 def offline_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("wandb")
     env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "HOME": str(out)}  # no credentials anywhere
-    procs = {mode: cli("train.py", *TINY, "--epochs", "2", "--mode", mode, "--wandb", "--experiment", "cmp", "--log-every", "10",
-                       "--out-dir", str(out), "--name", mode, env=env) for mode in ("greedy", "e2e")}
+    procs = {mode: cli("train.py", *TINY, "--epochs", "2", "--mode", mode, "--wandb", "--experiment", "cmp",
+                       "--log-every", "10", "--out-dir", str(out), "--name", mode, env=env)
+             for mode in ("greedy", "e2e")}
     return out, procs
 
 
