@@ -4,6 +4,7 @@
     python scripts/bench.py -c configs/fashion_mnist_k2.yaml --data-dir /work/shared/data/fashion-mnist
     python scripts/bench.py -c configs/fashion_mnist_k2.yaml --data-dir /work/shared/data/fashion-mnist \\
         --cache-compare --epochs 1                           # real training, all stages, with and without the cache
+    python scripts/bench.py --device cuda --precision-compare   # fp32 vs bf16 + channels_last: img/s, peak memory
 
 Per greedy stage j, interleaved round-robin with every other variant so that machine noise hits all alike:
   trainer        greedy.trainer.train_step on images (frozen prefix under no_grad), with a prepared Accelerator
@@ -30,11 +31,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +76,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", help="the config's data set, for the loader throughput and --cache-compare")
     p.add_argument("--loader-batches", type=int, default=50, help="batches read to time the data loader")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--precision-compare", action="store_true",
+                   help="instead: our step in fp32 and in bf16 + channels_last, images/s and peak memory per stage")
     p.add_argument("--cache-compare", action="store_true",
                    help="instead: train all stages with train.py --cache off, then on, on the config's real data")
     p.add_argument("--epochs", type=int, help="--cache-compare: epochs per stage (default: the config's)")
@@ -275,16 +280,44 @@ def stage_rows(result: dict, batch: int) -> list[dict]:
             "saved_MiB": b["trainer"] / MiB, "alone_MiB": b["alone"] / MiB, "saved==alone": b["trainer"] == b["alone"],
             "graph_prefix_MiB": b["graph_prefix"] / MiB, "saved/e2e": b["trainer"] / saved["e2e"],
             "saved/graph_prefix": b["trainer"] / b["graph_prefix"],
+            **peak_columns(result, f"s{s}/trainer"),
         })
     for name in ("e2e", "decoupled"):
         rows.append({"stage": name, "trainer_ms": ms[name], "img_per_s": batch / ms[name] * 1000,
-                     "saved_MiB": saved[name] / MiB})
+                     "saved_MiB": saved[name] / MiB, **peak_columns(result, name)})
+    return rows
+
+
+def peak_columns(result: dict, variant: str) -> dict:
+    """Peak CUDA memory of one variant's step, as a column (nothing off GPU)."""
+    peak = result["peak_cuda_bytes"][variant]
+    return {} if peak is None else {"peak_cuda_MiB": peak / MiB}
+
+
+PRECISIONS = {"fp32": ("no", False), "bf16+channels_last": ("bf16", True)}
+
+
+def precision_rows(results: dict[str, dict], batch: int) -> list[dict]:
+    """Per stage (and e2e, decoupled): our step's images/s and peak memory in fp32 and in bf16 + channels_last."""
+    (a, ra), (b, rb) = results.items()
+    names = [f"s{s}/trainer" for s in ra["stages"]] + ["e2e", "decoupled"]
+    rows = []
+    for name in names:
+        ms_a, ms_b = ra["median_ms"][name], rb["median_ms"][name]
+        row = {"stage": name.removesuffix("/trainer").removeprefix("s"), f"{a} img/s": batch / ms_a * 1000,
+               f"{b} img/s": batch / ms_b * 1000, "speedup": ms_a / ms_b,
+               f"{a} saved MiB": ra["saved_bytes"][name] / MiB, f"{b} saved MiB": rb["saved_bytes"][name] / MiB}
+        for label, r in ((a, ra), (b, rb)):
+            if r["peak_cuda_bytes"][name] is not None:
+                row[f"{label} peak MiB"] = r["peak_cuda_bytes"][name] / MiB
+        rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    fmt = lambda v: "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = lambda v: ("" if v is None else (f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}")  # noqa: E731
+                     if isinstance(v, float) else str(v))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
@@ -384,6 +417,15 @@ def main(argv: list[str] | None = None) -> int:
         table = markdown(result["rows"])
         how = "at once" if result["concurrent"] else "one after the other"
         table += f"\n\ntrain.py runs: {how}, OMP_NUM_THREADS={result['threads_per_run'] or 'unset'} each"
+    elif args.precision_compare:
+        results = {}
+        for label, (precision, channels_last) in PRECISIONS.items():
+            variant = replace(cfg, mixed_precision=precision, channels_last=channels_last)
+            AcceleratorState._reset_state(reset_partial_state=True)  # one process-wide state per precision
+            results[label] = bench_steps(variant, args, device)
+        report["precision_compare"] = results
+        report["rows"] = precision_rows(results, cfg.batch_size)
+        table = markdown(report["rows"])
     else:
         report["loader"] = loader_throughput(cfg, args.loader_batches)
         result = bench_steps(cfg, args, device)

@@ -1,0 +1,58 @@
+"""scripts/bench.py: the tables it prints are computed from real measurements (tiny runs here)."""
+
+import importlib.util
+import json
+
+import pytest
+from accelerate.state import AcceleratorState
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield module
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+FAST = ["-c", "configs/digits_k2.yaml", "--batch-size", "32", "--steps", "2", "--warmup", "1"]
+
+
+def test_step_bench_greedy_stage_saves_what_block_and_head_alone_save(bench, tmp_path):
+    out = tmp_path / "steps.json"
+    assert bench.main([*FAST, "--loader-batches", "5", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    stages = [r for r in report["rows"] if isinstance(r["stage"], int)]
+    assert [r["stage"] for r in stages] == [1, 2, 3]
+    assert all(r["saved==alone"] for r in stages)
+    e2e = next(r for r in report["rows"] if r["stage"] == "e2e")
+    assert stages[-1]["saved_MiB"] < e2e["saved_MiB"]  # the last stage keeps one block's activations, e2e all
+    assert all(r["trainer_ms"] > 0 and r["trainer/bare"] > 0 for r in stages)
+    assert report["loader"]["images"] == 5 * 32
+
+
+def test_precision_compare_bf16_saves_less_than_fp32(bench, tmp_path):
+    out = tmp_path / "precision.json"
+    assert bench.main([*FAST, "--stages", "1", "--precision-compare", "--json", str(out)]) == 0
+    rows = {r["stage"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"1", "e2e", "decoupled"}
+    assert rows["e2e"]["bf16+channels_last saved MiB"] < rows["e2e"]["fp32 saved MiB"]
+    assert all(r["speedup"] > 0 for r in rows.values())
+
+
+def test_cache_compare_trains_both_ways_to_the_same_accuracy(bench, tmp_path):
+    out = tmp_path / "cache.json"
+    assert bench.main(["-c", "configs/digits_k2.yaml", "--cache-compare", "--epochs", "1",
+                       "--work-dir", str(tmp_path / "runs"), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["cache_compare"]["rows"]
+    stages = [r for r in rows if isinstance(r["stage"], int)]
+    assert len(stages) == 3 and all(r["off_test_acc"] == r["on_test_acc"] for r in stages)
+    assert all(r["on_cache_build_s"] > 0 for r in stages)
+    total = next(r for r in rows if r["stage"] == "all stages (incl. cache builds)")
+    assert total["on_stage_s"] == pytest.approx(sum(r["on_stage_s"] for r in stages))
