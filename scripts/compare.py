@@ -17,6 +17,7 @@ run's output and process wall time.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import resource
@@ -342,6 +343,19 @@ def plan_costs(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def hold_lock(folder: Path):
+    """An exclusive lock on the experiment folder: two comparisons must not train the same runs at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = (folder / ".lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UsageError(f"another compare.py is running on {folder} (it holds {folder / '.lock'}); wait for it "
+                         f"to finish or pass another --experiment") from None
+    return handle
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     plan = make_plan(get_args(argv))
@@ -356,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run.spec.name} [{run.status}]: {shlex.join(train_command(plan, run))}")
         print(plan_costs(plan))
         return 0
+    lock = hold_lock(plan.folder)  # noqa: F841 (held until the process ends)
     run_all(plan, todo)
     rows = write_report(plan, command)
     print((plan.folder / "comparison.md").read_text())

@@ -1,6 +1,7 @@
 """scripts/compare.py: every (mode, k, seed) through train.py, resumable, then one table, a CSV and three plots."""
 
 import csv
+import fcntl
 import importlib.util
 import json
 import os
@@ -93,6 +94,14 @@ def test_second_invocation_runs_nothing(experiment, script, one_thread_here_and_
     assert time.perf_counter() - t0 < 20
     assert "6 runs, 6 done, 0 to run" in capsys.readouterr().out
     assert tree_digest(folder) == before  # not even the report files are rewritten
+
+
+def test_concurrent_invocation_is_refused(experiment, script):
+    folder, _ = experiment
+    with (folder / ".lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another comparison is training in this folder
+        with pytest.raises(UsageError, match="another compare.py is running on"):
+            script.main([*ARGS, "--out-dir", str(folder.parent), *TRAIN])
 
 
 def test_run_without_summary_is_resumed(experiment, script, one_thread_here_and_in_runs, capsys):
