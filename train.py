@@ -95,6 +95,22 @@ def trained_heads(cfg: Config, heads: dict[str, list[float]]) -> dict[str, list[
     return {"head_acc": [None] * (n - 1) + heads["head_acc"][-1:], "ensemble_acc": [None] * n}
 
 
+def results(cfg: Config, net, run: RunDir, heads: dict[str, list[float]], accelerator) -> tuple[list[dict], dict]:
+    """The printed per-stage rows and the summary's final numbers (accuracies, times, every rank's weights)."""
+    seconds = run.stage_seconds()
+    rows = result_rows(net, cfg.mode, heads, seconds)
+    # decoupled: every block's records carry the time of the one joint pass
+    total = max(seconds.values()) if cfg.mode == "decoupled" else sum(seconds.values())
+    digests = gather_object([state_digest(net.state_dict())])  # one per rank: DDP must keep them equal
+    if len(set(digests)) > 1:
+        accelerator.print(f"warning: the {len(digests)} processes ended with different weights")
+    trained = trained_heads(cfg, heads)
+    return rows, {"final_test_acc": rows[-1]["test_acc"], "stage_test_acc": trained["head_acc"],
+                  "ensemble_acc": trained["ensemble_acc"], "total_time_s": total,
+                  "cache_time_s": run.cache_seconds(), "num_processes": accelerator.num_processes,
+                  "rank_weight_digests": digests}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cfg, run = resolve_config(args)
@@ -152,18 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _, test_loader = create_loaders(data, cfg.batch_size, eval_batch_size=cfg.eval_batch_size)
     heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator, cfg.channels_last)
-    seconds = run.stage_seconds()
-    rows = result_rows(net, cfg.mode, heads, seconds)
-    # decoupled: every block's records carry the time of the one joint pass
-    total = max(seconds.values()) if cfg.mode == "decoupled" else sum(seconds.values())
-    digests = gather_object([state_digest(net.state_dict())])  # one per rank: DDP must keep them equal
-    if len(set(digests)) > 1:
-        say(f"warning: the {len(digests)} processes ended with different weights")
-    trained = trained_heads(cfg, heads)
-    final = {"final_test_acc": rows[-1]["test_acc"], "stage_test_acc": trained["head_acc"],
-             "ensemble_acc": trained["ensemble_acc"], "total_time_s": total,
-             "cache_time_s": run.cache_seconds(),
-             "num_processes": accelerator.num_processes, "rank_weight_digests": digests}
+    rows, final = results(cfg, net, run, heads, accelerator)
     if accelerator.is_main_process:
         run.save_weights(run.path / "model.safetensors",
                          {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})
