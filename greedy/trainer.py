@@ -171,11 +171,6 @@ def evaluate_parts(stage: Stage, models: list[nn.Module], loader, accelerator: A
     return (correct / total).tolist()
 
 
-def evaluate(stage: Stage, model: nn.Module, loader, accelerator: Accelerator) -> float:
-    """Test accuracy of `model(prefix(x))`, over exactly the test set (no padding duplicates)."""
-    return evaluate_parts(stage, [model], loader, accelerator)[0]
-
-
 @torch.no_grad()
 def sync_buffers(models: list[nn.Module], accelerator: Accelerator) -> None:
     """Give every rank rank 0's BatchNorm statistics: each rank updated them on its own shard of the data."""
