@@ -106,11 +106,6 @@ def budget_rule(cfg: Config, budget: str) -> str:
             f"(schedule scaled by the {j} blocks), greedy's total.")
 
 
-def mode_epochs(cfg: Config, mode: str) -> int:
-    """Epochs each block trains in a run of this config (e2e reads e2e_epochs, as train.py does)."""
-    return (cfg.e2e_epochs or cfg.epochs) if mode == "e2e" else cfg.epochs
-
-
 def run_status(path: Path) -> str:
     """'done' (summary.json), 'partial' (a run directory to --resume), or 'new'."""
     if (path / "summary.json").is_file():
@@ -257,7 +252,7 @@ def activation_bytes(cfg: Config, mode: str, batch: int | None = None) -> int:
 
 def measure_cost(cfg: Config, n_train: int) -> Cost:
     """Training FLOPs, images per block and peak activation bytes of a run of `cfg` (its mode and epochs)."""
-    mode, epochs = cfg.mode, mode_epochs(cfg, cfg.mode)
+    mode, epochs = cfg.mode, cfg.train_epochs
     pieces = flops_per_image(cfg, mode)
     cached = mode == "greedy" and cache_enabled(cfg, say=lambda _: None)
     trained = sum(train for _, train in pieces)

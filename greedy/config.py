@@ -93,6 +93,11 @@ class Config:
     def num_blocks(self) -> int:
         return len(self.widths)
 
+    @property
+    def train_epochs(self) -> int:
+        """Epochs each trained part runs: e2e reads e2e_epochs (default: epochs), greedy and decoupled epochs."""
+        return (self.e2e_epochs or self.epochs) if self.mode == "e2e" else self.epochs
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -51,10 +51,6 @@ class StageResult:
     seconds: float
 
 
-def stage_epochs(cfg: Config, stage: Stage) -> int:
-    return (cfg.e2e_epochs or cfg.epochs) if stage.name == "e2e" else cfg.epochs
-
-
 def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == labels).sum()
 
@@ -201,7 +197,7 @@ def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, ru
     `cache_seconds`, the time spent building this stage's feature cache, is counted in the stage's time and
     reported on its own as `cache_time`.
     """
-    epochs = stage_epochs(cfg, stage)
+    epochs = cfg.train_epochs
     set_seed(cfg.seed + 1000 * (stage.index + 1), device_specific=True)  # augmentation RNG, per rank
     parts = [torch.compile(p) for p in stage.parts] if cfg.compile else stage.parts  # block(s) + head(s) only
     optimizers = [make_optimizer(cfg, p) for p in parts]
