@@ -193,6 +193,11 @@ def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
         raise UsageError(f"unknown {kind} {value!r}; choose one of: {', '.join(choices)}")
 
 
+def crop_flip_transform(size: int) -> v2.Compose:
+    """The paper's CIFAR augmentation on normalized tensors: pad 4 (with 0, the mean color), random crop, flip."""
+    return v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()])
+
+
 def _in_memory_bundle(name: str, raw: _RawData, img_size: int | None, crop_flip: bool) -> DataBundle:
     """Normalize, resize once and wrap the raw arrays; the one path for every in-memory dataset.
 
@@ -206,7 +211,7 @@ def _in_memory_bundle(name: str, raw: _RawData, img_size: int | None, crop_flip:
             raise UsageError(
                 f"dataset '{name}': labels outside 0..{raw.num_classes - 1}; the files look corrupt"
             )
-    transform = v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()]) if crop_flip else None
+    transform = crop_flip_transform(size) if crop_flip else None
     train = TensorImageDataset(
         _normalize(raw.train_images, raw.max_value, mean, std, size), raw.train_targets.long(), transform
     )

@@ -46,7 +46,14 @@ sys.path.insert(0, str(ROOT))
 from greedy.builder import GreedyBuilder  # noqa: E402
 from greedy.cache import cache_dtype  # noqa: E402
 from greedy.config import Config, build_config, load_yaml  # noqa: E402
-from greedy.data import TensorImageDataset, create_datasets, create_loaders, dataset_info  # noqa: E402
+from greedy.data import (  # noqa: E402
+    DataBundle,
+    TensorImageDataset,
+    create_datasets,
+    create_loaders,
+    crop_flip_transform,
+    dataset_info,
+)
 from greedy.errors import UsageError  # noqa: E402
 from greedy.models import GreedyNet, create_greedy_net  # noqa: E402
 from greedy.profiling import (  # noqa: E402
@@ -208,9 +215,10 @@ def loader_throughput(cfg: Config, batches: int) -> dict:
         size = cfg.img_size or info.img_size
         n = cfg.batch_size * batches
         images = torch.randn(n, info.in_chans, size, size)
-        train_set = TensorImageDataset(images, torch.randint(0, info.num_classes, (n,)), _augmentation(cfg, size))
+        transform = crop_flip_transform(size) if cfg.augment == "crop_flip" else None
+        train_set = TensorImageDataset(images, torch.randint(0, info.num_classes, (n,)), transform)
         source = f"random {info.in_chans}x{size}x{size} tensors (augment {cfg.augment})"
-    bundle = type("Bundle", (), {"train": train_set, "test": train_set})()
+    bundle = DataBundle(train_set, train_set, info.num_classes, info.in_chans, cfg.img_size or info.img_size)
     loader, _ = create_loaders(bundle, cfg.batch_size, num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
                                persistent_workers=False)
     seen, t0 = 0, time.perf_counter()
@@ -220,14 +228,6 @@ def loader_throughput(cfg: Config, batches: int) -> dict:
             break
     seconds = time.perf_counter() - t0
     return {"source": source, "num_workers": cfg.num_workers, "images": seen, "images_per_s": seen / seconds}
-
-
-def _augmentation(cfg: Config, size: int):
-    from torchvision.transforms import v2
-
-    if cfg.augment == "crop_flip":
-        return v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()])
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- the bench
