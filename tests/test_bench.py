@@ -1,21 +1,18 @@
 """scripts/bench.py: the tables it prints are computed from real measurements (tiny runs here)."""
 
-import importlib.util
 import json
 
 import pytest
 from accelerate.state import AcceleratorState
 
-from tests.helpers import ROOT
+from tests.helpers import load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def bench():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("bench")
     AcceleratorState._reset_state(reset_partial_state=True)
     yield module
     AcceleratorState._reset_state(reset_partial_state=True)

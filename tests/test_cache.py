@@ -14,9 +14,9 @@ from greedy.cache import FeatureCache, cache_enabled
 from greedy.config import Config
 from greedy.data import create_datasets
 from greedy.models import GreedyNet
+from tests import helpers
 
-TINY = ["-c", "configs/digits_k2.yaml", "--widths", "16,16,32", "--downsample", "3", "--epochs", "2",
-        "--batch-size", "64", "--no-progress"]
+TINY = [*helpers.TINY, "--epochs", "2"]  # the later --epochs wins
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -2,7 +2,6 @@
 
 import csv
 import fcntl
-import importlib.util
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ from greedy.config import build_config, load_yaml
 from greedy.errors import UsageError
 from greedy.profiling import saved_tensor_bytes
 from greedy.trainer import decoupled_step, train_step
-from tests.helpers import ROOT, cli, tree_digest
+from tests.helpers import cli, load_script, tree_digest
 
 ARGS = ["-c", "configs/digits_k2.yaml", "--modes", "greedy,e2e,decoupled", "--k", "1", "--seeds", "0,1",
         "--experiment", "tiny", "--jobs", "2"]
@@ -30,18 +29,9 @@ PLOTS = ("accuracy_by_depth.png", "accuracy_vs_time.png", "memory.png")
 RUNS = [f"{m}-k1-s{s}" for m in ("greedy", "e2e", "decoupled") for s in (0, 1)]
 
 
-def load_script():
-    """scripts/compare.py as a module, to call its main() in this process."""
-    spec = importlib.util.spec_from_file_location("compare_script", ROOT / "scripts" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def script():
-    return load_script()
+    return load_script("compare")
 
 
 @pytest.fixture(scope="module")
