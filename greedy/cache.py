@@ -14,6 +14,7 @@ uncached training up to the rounding of the prefix's batch composition.
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -169,7 +170,7 @@ class FeatureCache:
     def _fill(self, stage: int, shape: tuple[int, ...], sources: dict) -> None:
         """Allocate stage `stage`'s storage (RAM or memory-mapped) and write every batch of every split into it."""
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        total = sum(n for n, _ in sources.values()) * itemsize * _numel(shape)
+        total = sum(n for n, _ in sources.values()) * itemsize * math.prod(shape)
         in_ram = total <= self.budget
         if not in_ram:
             self._check_disk(total)
@@ -245,17 +246,10 @@ class FeatureCache:
             path.unlink(missing_ok=True)
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
 def _allocate(shape: tuple[int, ...], dtype: torch.dtype, path: Path | None) -> torch.Tensor:
     """An uninitialized tensor in RAM, or backed by a new file at `path` (shared mapping: pages can be evicted)."""
     if path is None:
         return torch.empty(shape, dtype=dtype)
     path.unlink(missing_ok=True)
-    return torch.from_file(str(path), shared=True, size=_numel(shape), dtype=dtype).view(shape)
+    return torch.from_file(str(path), shared=True, size=math.prod(shape), dtype=dtype).view(shape)
 
