@@ -30,10 +30,16 @@ from greedy.data import DataBundle
 from greedy.errors import UsageError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 AUGMENTATION_WARNING = (
     "warning: cache: on with augment '{augment}': augmentation cannot be applied before a frozen prefix whose "
     "outputs are cached; training on cached features of the un-augmented images (pass --cache off to augment)"
 )
+
+
+def autocast_dtype(cfg: Config) -> torch.dtype | None:
+    """The dtype mixed precision computes in (bf16, fp16), or None without it."""
+    return DTYPES.get(cfg.mixed_precision)
 
 
 def cache_enabled(cfg: Config, say: Callable[[str], None] = print) -> bool:
@@ -55,7 +61,7 @@ def cache_dtype(cfg: Config) -> torch.dtype:
     """The storage dtype: the config's, or (auto) the dtype the block computes in."""
     if cfg.cache_dtype != "auto":
         return DTYPES[cfg.cache_dtype]
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
+    return autocast_dtype(cfg) or torch.float32
 
 
 class FeatureDataset(Dataset):
@@ -119,7 +125,7 @@ class FeatureCache:
     def for_run(cls, cfg: Config, accelerator, directory: Path, say: Callable[[str], None] = print) -> FeatureCache:
         """A cache with the run's dtype, budget, device, precision and process rank."""
         return cls(directory, dtype=cache_dtype(cfg), budget_gb=cfg.cache_budget_gb, device=accelerator.device,
-                   compute_dtype=DTYPES.get(cfg.mixed_precision, torch.float32), rank=accelerator.process_index,
+                   compute_dtype=autocast_dtype(cfg) or torch.float32, rank=accelerator.process_index,
                    batch_size=cfg.eval_batch_size or max(cfg.batch_size, 256), autocast=accelerator.autocast, say=say)
 
     # building and advancing

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from greedy.builder import GreedyBuilder
-from greedy.cache import cache_enabled
+from greedy.cache import autocast_dtype, cache_enabled
 from greedy.config import MODES, Config
 from greedy.data import create_datasets, dataset_info
 from greedy.errors import UsageError
@@ -35,7 +35,6 @@ BUDGETS = ("per_stage", "total")
 # Training-set sizes, for when the data is not on this machine (--plan): digits is the fixed seeded split.
 TRAIN_SIZES = {"digits": 1437, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
                "imagenet": 1_281_167, "fake": 512}
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ---------------------------------------------------------------------------------------------- the grid
@@ -242,7 +241,7 @@ def activation_bytes(cfg: Config, mode: str, batch: int | None = None) -> int:
     """
     batch = batch or cfg.batch_size
     net, shape, num_classes = _net(cfg, "meta")
-    autocast = AUTOCAST.get(cfg.mixed_precision)
+    autocast = autocast_dtype(cfg)
     peak = 0
     for prefix, part in _pieces(net, mode):
         small, large = (_saved_bytes(prefix, part, shape, b, num_classes, autocast) for b in (2, 4))

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from greedy.builder import GreedyBuilder  # noqa: E402
-from greedy.cache import cache_dtype  # noqa: E402
+from greedy.cache import autocast_dtype, cache_dtype  # noqa: E402
 from greedy.config import Config, build_config, load_yaml  # noqa: E402
 from greedy.data import (  # noqa: E402
     DataBundle,
@@ -124,7 +124,7 @@ def machine_info(device: torch.device) -> dict:
 
 
 def autocast_factory(cfg: Config, device: torch.device) -> Callable:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    dtype = autocast_dtype(cfg)
     return (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
 
 
