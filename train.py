@@ -28,8 +28,8 @@ from greedy.config import (
     overrides_from_args,
 )
 from greedy.data import DataBundle, create_datasets, create_loaders, dataset_info
-from greedy.errors import UsageError, run_cli
-from greedy.models import create_greedy_net
+from greedy.errors import DIVERGED_EXIT, TrainingDiverged, UsageError, run_cli
+from greedy.models import check_shapes, create_greedy_net
 from greedy.summary import describe_model, format_table, result_rows
 from greedy.tracking import Tracker
 from greedy.trainer import evaluate_heads, make_accelerator, train_stage
@@ -45,10 +45,13 @@ def get_args_parser():
 
 
 def resolve_config(args) -> tuple[Config, RunDir | None]:
-    """The config of a new run (file + overrides), or the saved one of a resumed run."""
+    """The config of a new run (file + overrides), or the saved one of a resumed run; raises UsageError."""
     overrides = overrides_from_args(args)
     check_data = not args.print_model  # printing a model needs no data
     if args.resume:
+        if args.config:
+            raise UsageError(f"--resume {args.resume} continues the run with its saved config; drop -c "
+                             f"{args.config} (or start a new run with -c and without --resume)")
         run = RunDir.open(args.resume)
         cfg = run.load_config()
         saved = cfg.to_dict()
@@ -66,10 +69,18 @@ def resolve_config(args) -> tuple[Config, RunDir | None]:
 def print_model(cfg: Config) -> None:
     info = dataset_info(cfg.dataset)
     img_size = cfg.img_size or info.img_size
-    with torch.device("meta"):
-        net = create_greedy_net(cfg, num_classes=cfg.num_classes or info.num_classes, in_chans=info.in_chans)
+    net = meta_net(cfg)
     print(f"{cfg.dataset}: input {info.in_chans}x{img_size}x{img_size}, {cfg.mode}, k={cfg.k}")
     print(format_table(describe_model(net, info.in_chans, img_size)))
+
+
+def meta_net(cfg: Config):
+    """The run's net on the meta device (no memory, no data), its every block's input size checked."""
+    info = dataset_info(cfg.dataset)
+    with torch.device("meta"):
+        net = create_greedy_net(cfg, num_classes=cfg.num_classes or info.num_classes, in_chans=info.in_chans)
+    check_shapes(net, info.in_chans, cfg.img_size or info.img_size)
+    return net
 
 
 def stage_loaders(cfg: Config, data: DataBundle, stage: Stage, cache: FeatureCache | None, net) -> tuple:
@@ -117,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_model:
         print_model(cfg)
         return 0
+    if run is not None and run.finished:  # nothing to do, and nothing of the finished run may change
+        print(f"run {run.path} is finished (summary.json, model.safetensors); nothing to do. Evaluate it with "
+              f"`python evaluate.py {run.path}`")
+        return 0
+    meta_net(cfg)  # shapes: refuse an image too small for the downsampling before any work
+    if run is None:
+        RunDir.new_path(cfg, Path(args.config).stem)  # a clear error now rather than after the data is loaded
 
     accelerator = make_accelerator(cfg)
     say = accelerator.print
@@ -162,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             if accelerator.is_main_process:
                 run.save_weights(weights, builder.stage_state_dict(stage))
             run.drop_states(accelerator)
+    except TrainingDiverged:
+        tracker.finish(exit_code=DIVERGED_EXIT)  # the W&B run ends marked failed, its history kept
+        raise
     finally:
         if cache is not None:
             cache.close()

@@ -57,11 +57,19 @@ def cache_enabled(cfg: Config, say: Callable[[str], None] = print) -> bool:
     return True
 
 
-def cache_dtype(cfg: Config) -> torch.dtype:
-    """The storage dtype: the config's, or (auto) the dtype the block computes in."""
+def computed_dtype(autocast: Callable = contextlib.nullcontext, device: torch.device | str = "cpu") -> torch.dtype:
+    """The dtype a conv really computes in under `autocast` on `device` (measured with a 1x1 conv, not assumed)."""
+    x = torch.zeros(1, 1, 1, 1, device=device)
+    with torch.no_grad(), autocast():
+        return torch.nn.functional.conv2d(x, x).dtype
+
+
+def cache_dtype(cfg: Config, compute: torch.dtype | None = None) -> torch.dtype:
+    """The storage dtype: the config's, or (auto) `compute`, the dtype the block computes in (default: the one
+    mixed precision names; `FeatureCache.for_run` passes the measured one)."""
     if cfg.cache_dtype != "auto":
         return DTYPES[cfg.cache_dtype]
-    return autocast_dtype(cfg) or torch.float32
+    return compute or autocast_dtype(cfg) or torch.float32
 
 
 class FeatureDataset(Dataset):
@@ -124,8 +132,9 @@ class FeatureCache:
     @classmethod
     def for_run(cls, cfg: Config, accelerator, directory: Path, say: Callable[[str], None] = print) -> FeatureCache:
         """A cache with the run's dtype, budget, device, precision and process rank."""
-        return cls(directory, dtype=cache_dtype(cfg), budget_gb=cfg.cache_budget_gb, device=accelerator.device,
-                   compute_dtype=autocast_dtype(cfg) or torch.float32, rank=accelerator.process_index,
+        compute = computed_dtype(accelerator.autocast, accelerator.device)
+        return cls(directory, dtype=cache_dtype(cfg, compute), budget_gb=cfg.cache_budget_gb, device=accelerator.device,
+                   compute_dtype=compute, rank=accelerator.process_index,
                    batch_size=cfg.eval_batch_size or max(cfg.batch_size, 256), autocast=accelerator.autocast, say=say)
 
     # building and advancing

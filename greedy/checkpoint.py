@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,16 +19,53 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from greedy.config import Config, build_config, load_yaml, save_config
-from greedy.errors import UsageError
+from greedy.errors import TrainingDiverged, UsageError
 
 STATE_DIR = re.compile(r"^state-s(\d+)-e(\d+)$")
 COMPLETE = "COMPLETE"  # written last into a state directory; its absence means an interrupted write
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def share_like_umask(path: Path) -> None:
+    """Give a file the mode a plain open() would (0666 minus the umask); some writers (safetensors, mkstemp)
+    create 0600 files that colleagues sharing a run directory cannot read."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     write(tmp)
+    share_like_umask(tmp)
     os.replace(tmp, path)
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None, so that json.dumps writes strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def dumps(value: Any, **kwargs) -> str:
+    """Strict JSON (RFC 8259): non-finite floats become null, never NaN or Infinity."""
+    return json.dumps(strict_json(value), allow_nan=False, **kwargs)
+
+
+def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """Raise TrainingDiverged naming the first tensor of `state` holding a NaN or an infinity."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TrainingDiverged(f"{what}: {name} holds NaN or infinite values; not saved (lower --lr and "
+                                   "start a new run)")
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -63,15 +102,38 @@ class RunDir:
         self.path = Path(path)
 
     # creation and opening
-    @classmethod
-    def create(cls, cfg: Config, default_name: str) -> RunDir:
+    @staticmethod
+    def new_path(cfg: Config, default_name: str) -> Path:
+        """Where a new run goes, checked without writing anything: it must not exist, and --out-dir must be a
+        folder this process can create files in (or one it can create). Raises UsageError."""
         name = cfg.name or f"{default_name}-{cfg.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
         path = Path(cfg.out_dir) / name
         if path.exists():
             raise UsageError(f"run directory {path} already exists; pick another --name or --resume {path}")
-        path.mkdir(parents=True)
+        out = Path(cfg.out_dir)
+        existing = out
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UsageError(f"--out-dir {out}: {existing} is a file, not a folder; pass a folder for run directories")
+        try:  # a real probe: os.access says yes to root even on read-only file systems such as /proc
+            os.rmdir(tempfile.mkdtemp(prefix=".greedy-probe-", dir=existing))
+        except OSError as err:
+            raise UsageError(f"--out-dir {out}: cannot create folders in {existing} ({err.strerror}); pass a "
+                             "writable --out-dir") from None
+        return path
+
+    @classmethod
+    def create(cls, cfg: Config, default_name: str) -> RunDir:
+        """Make the run directory and save the resolved config in it; raises UsageError if it cannot."""
+        path = cls.new_path(cfg, default_name)
+        try:
+            path.mkdir(parents=True)
+        except OSError as err:
+            raise UsageError(f"cannot create run directory {path} ({err.strerror}); pass a writable --out-dir") \
+                from None
         run = cls(path)
-        save_config(cfg, run.config_path)
+        _atomic_write(run.config_path, lambda p: save_config(cfg, p))
         return run
 
     @classmethod
@@ -89,13 +151,18 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
+    @property
+    def finished(self) -> bool:
+        """Training wrote its final model and summary: a --resume has nothing left to do."""
+        return (self.path / "summary.json").is_file() and (self.path / "model.safetensors").is_file()
+
     def load_config(self) -> Config:
         return build_config(load_yaml(self.config_path), check_data=False)  # data_dir may be overridden
 
     # metrics
     def log(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(dumps(record) + "\n")
 
     def stage_seconds(self) -> dict[int, float]:
         """Wall time of each (0-based) stage, from its last metrics record."""
@@ -119,17 +186,19 @@ class RunDir:
         """
         last = (epoch + 1,) if by_epoch else (stage + 1, epoch + 1)
         keep = [r for r in self.read_metrics() if ((r["epoch"],) if by_epoch else (r["stage"], r["epoch"])) <= last]
-        _atomic_write(self.metrics_path, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in keep)))
+        _atomic_write(self.metrics_path, lambda p: p.write_text("".join(dumps(r) + "\n" for r in keep)))
 
     # weights of finished stages and of the final model
     def stage_weights_path(self, name: str) -> Path:
         return self.path / f"{name}.safetensors"
 
     def save_weights(self, path: Path, state: dict[str, torch.Tensor]) -> None:
+        """Write a weights file atomically; raises TrainingDiverged (writing nothing) if a tensor is not finite."""
+        check_finite(state, str(path))
         _atomic_write(path, lambda p: save_file(state, str(p)))
 
     def save_summary(self, summary: dict[str, Any]) -> None:
-        _atomic_write(self.path / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+        _atomic_write(self.path / "summary.json", lambda p: p.write_text(dumps(summary, indent=2)))
 
     def read_summary(self) -> dict[str, Any]:
         path = self.path / "summary.json"
@@ -165,7 +234,10 @@ class RunDir:
         accelerator.save_state(str(tmp), safe_serialization=True)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (tmp / "progress.json").write_text(json.dumps({"stage": stage, "epoch": epoch, **extra}))
+            (tmp / "progress.json").write_text(dumps({"stage": stage, "epoch": epoch, **extra}))
+            for file in tmp.rglob("*"):
+                if file.is_file():
+                    share_like_umask(file)
             (tmp / COMPLETE).write_text("")
             os.replace(tmp, final)
             for s, e, path in self.state_dirs():

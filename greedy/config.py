@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from greedy.data import AUGMENTATIONS, DATASETS
 from greedy.errors import UsageError
 
 MODES = ("greedy", "e2e", "decoupled")
@@ -24,9 +26,11 @@ CACHE_MODES = ("auto", "on", "off")
 CACHE_DTYPES = ("auto", "fp32", "fp16", "bf16")
 # Keys that may differ on --resume: they change how a run executes, not what it computes.
 RESUME_MUTABLE = ("no_progress", "num_workers", "pin_memory", "persistent_workers", "data_dir", "cache_budget_gb",
-                  "log_every")
+                  "log_every", "strict_data", "finite_check_every")
 # Datasets whose files must exist on disk unless `download` is set.
 DISK_DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
+# timm schedulers whose learning rate is a function of the epoch alone ('plateau' needs a metric, 'none' no LR)
+SCHEDULERS = ("step", "multistep", "cosine", "tanh", "poly", "constant", "wsd", "rsqrt")
 
 
 @dataclass
@@ -54,6 +58,7 @@ class Config:
     num_workers: int = 0
     pin_memory: bool = False
     persistent_workers: bool = True  # keep loader workers alive across the epochs of a stage (num_workers > 0)
+    strict_data: bool = False  # an unreadable image stops the run (exit 2) instead of being skipped and reported
 
     # architecture (data, not code: every shipped model is one of these)
     input_downsample: bool = False  # space-to-depth the input once (ImageNet: 3x224x224 -> 12x112x112)
@@ -88,6 +93,7 @@ class Config:
     cache: str = "auto"  # frozen-prefix feature cache: auto (when the train transform is deterministic) | on | off
     cache_budget_gb: float = 4.0  # RAM for cached features; beyond it they go to a memory-mapped file
     cache_dtype: str = "auto"  # auto (what the block computes in: mixed_precision's, else fp32) | fp32 | fp16 | bf16
+    finite_check_every: int = 1  # steps between checks that the loss is finite (each costs a device sync)
 
     @property
     def num_blocks(self) -> int:
@@ -163,15 +169,37 @@ def _unknown_key(key: str, where: str) -> UsageError:
     return UsageError(f"unknown config key '{key}' in {where}; {hint}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping naming a key twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            key = str(self.construct_object(key_node, deep=deep)).replace("-", "_")
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise UsageError(f"config key '{key}' appears twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a config file into a dict of checked values (keys may use '-' or '_')."""
+    """Read a config file into a dict of checked values (keys may use '-' or '_').
+
+    Raises UsageError (one line, naming the file) for a missing file, invalid YAML, a key given twice,
+    a non-mapping document, an unknown key or a value of the wrong type.
+    """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist; pass -c configs/<name>.yaml")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
         raise UsageError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    except UsageError as err:
+        raise UsageError(f"config file {path}: {err}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not UTF-8 text; pass a YAML config") from None
     if not isinstance(raw, dict):
         raise UsageError(f"config file {path} must be a mapping of key: value")
     values = {}
@@ -184,6 +212,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(values: dict[str, Any], check_data: bool = True) -> Config:
+    """A validated Config from checked values (`load_yaml`, `overrides_from_args`); raises UsageError."""
     cfg = Config(**values)
     validate(cfg, check_data)
     return cfg
@@ -194,19 +223,74 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise UsageError(f"config key '{key}': {value!r} is not one of {', '.join(choices)}")
 
 
+def _range(key: str, value: float | int | None, low: float, high: float = math.inf, *, open_low: bool = False,
+           open_high: bool = False) -> None:
+    """Refuse a value outside [low, high] (or the open ends asked for), NaN and infinities included."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise UsageError(f"config key '{key}': {value} is not a finite number")
+    if (value <= low if open_low else value < low) or (value >= high if open_high else value > high):
+        fmt = lambda v: str(int(v)) if float(v).is_integer() else f"{v:g}"  # noqa: E731
+        lo = f"{'(' if open_low else '['}{fmt(low)}"
+        hi = f"{fmt(high)}{')' if open_high else ']'}" if math.isfinite(high) else "inf)"
+        raise UsageError(f"config key '{key}': {value} is outside the allowed range {lo}, {hi}")
+
+
+# (low, high, open_low, open_high) of every numeric key; None-able keys are checked when set.
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "seed": (0, 2**32 - 1, False, False),  # numpy's seeding range
+    "log_every": (1, math.inf, False, False),
+    "img_size": (1, math.inf, False, False),
+    "num_classes": (2, math.inf, False, False),
+    "num_workers": (0, math.inf, False, False),
+    "k": (1, 3, False, False),  # hidden layers of each auxiliary problem, the block counted
+    "aux_width": (1, math.inf, False, False),
+    "pool_size": (1, math.inf, False, False),
+    "epochs": (1, math.inf, False, False),
+    "e2e_epochs": (1, math.inf, False, False),
+    "batch_size": (1, math.inf, False, False),
+    "eval_batch_size": (1, math.inf, False, False),
+    "lr": (0, math.inf, True, False),
+    "momentum": (0, 1, False, True),
+    "weight_decay": (0, math.inf, False, False),
+    "decay_epochs": (0, math.inf, True, False),
+    "decay_rate": (0, 1, True, False),  # the LR is multiplied by it: above 1 it grows, at 0 it vanishes
+    "warmup_epochs": (0, math.inf, False, False),
+    "grad_accum": (1, math.inf, False, False),
+    "cache_budget_gb": (0, math.inf, False, False),
+    "finite_check_every": (1, math.inf, False, False),
+}
+
+
+def _check_name(key: str, value: str | None, what: str) -> None:
+    if value is not None and (not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value):
+        raise UsageError(f"config key '{key}': {value!r} is not a valid {what}; use letters, digits, '-', '_', '.'")
+
+
 def validate(cfg: Config, check_data: bool = True) -> None:
-    """Reject configs that cannot work, before any data is loaded or file is written."""
+    """Reject configs that cannot work, before any data is loaded or file is written.
+
+    Every key is checked: choices against their lists, numbers against `RANGES` (finite, and the range in the
+    message), names, the architecture's consistency, the optimizer and scheduler (built once by timm on a dummy
+    parameter), and, with `check_data`, that the data directory exists. Raises UsageError (one line).
+    """
     _choice("mode", cfg.mode, MODES)
+    _choice("tracker", cfg.tracker, TRACKERS)
+    _choice("dataset", cfg.dataset, DATASETS)
+    _choice("augment", cfg.augment, AUGMENTATIONS)
     _choice("downsample_mode", cfg.downsample_mode, DOWNSAMPLE_MODES)
     _choice("final_head", cfg.final_head, FINAL_HEADS)
     _choice("mixed_precision", cfg.mixed_precision, MIXED_PRECISION)
-    _choice("tracker", cfg.tracker, TRACKERS)
     _choice("cache", cfg.cache, CACHE_MODES)
     _choice("cache_dtype", cfg.cache_dtype, CACHE_DTYPES)
-    if cfg.cache_budget_gb < 0:
-        raise UsageError(f"config key 'cache_budget_gb': must be >= 0, got {cfg.cache_budget_gb}")
-    if cfg.k not in (1, 2, 3):
-        raise UsageError(f"config key 'k': {cfg.k} is outside 1..3 (hidden layers of each auxiliary problem)")
+    _choice("sched", cfg.sched, SCHEDULERS)
+    for key, (low, high, open_low, open_high) in RANGES.items():
+        _range(key, getattr(cfg, key), low, high, open_low=open_low, open_high=open_high)
+    _check_name("name", cfg.name, "run directory name")
+    _check_name("wandb_project", cfg.wandb_project, "W&B project name")
+    if not cfg.out_dir:
+        raise UsageError("config key 'out_dir': must not be empty; pass --out-dir runs")
     if not cfg.widths or any(w <= 0 for w in cfg.widths):
         raise UsageError(f"config key 'widths': {cfg.widths} must be a non-empty list of positive integers")
     bad = [d for d in cfg.downsample if not 1 <= d <= cfg.num_blocks]
@@ -217,19 +301,36 @@ def validate(cfg: Config, check_data: bool = True) -> None:
         )
     if len(set(cfg.downsample)) != len(cfg.downsample):
         raise UsageError(f"config key 'downsample': {cfg.downsample} names a block twice")
-    for key in ("epochs", "batch_size", "grad_accum", "pool_size", "log_every"):
-        if getattr(cfg, key) < 1:
-            raise UsageError(f"config key '{key}': must be at least 1, got {getattr(cfg, key)}")
-    for key in ("aux_width", "e2e_epochs", "eval_batch_size", "img_size", "num_classes"):
-        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
-            raise UsageError(f"config key '{key}': must be at least 1 (or none), got {getattr(cfg, key)}")
-    if cfg.lr <= 0:
-        raise UsageError(f"config key 'lr': must be positive, got {cfg.lr}")
+    fits = "imagenet" if cfg.dataset == "imagenet" else "crop_flip"  # PIL pipeline vs in-memory tensors
+    if cfg.augment not in ("none", fits):
+        raise UsageError(f"config key 'augment': {cfg.augment!r} does not apply to dataset '{cfg.dataset}'; "
+                         f"use {fits} or none")
+    _check_optimizer(cfg)
     if check_data and cfg.dataset in DISK_DATASETS and not cfg.download and not Path(cfg.data_dir).is_dir():
         raise UsageError(
             f"data directory {cfg.data_dir} for dataset '{cfg.dataset}' does not exist; "
             "pass --data-dir PATH (or --download true for cifar10/cifar100/fashion_mnist)"
         )
+
+
+def _check_optimizer(cfg: Config) -> None:
+    """Build the optimizer and scheduler once on a dummy parameter: timm's own checks, before any work."""
+    import torch
+    from timm.optim import create_optimizer_v2, list_optimizers
+    from timm.scheduler import create_scheduler_v2
+
+    if cfg.opt.lower() not in list_optimizers():
+        close = difflib.get_close_matches(cfg.opt.lower(), list_optimizers(), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see timm.optim.list_optimizers()"
+        raise UsageError(f"config key 'opt': {cfg.opt!r} is not a timm optimizer; {hint}")
+    try:
+        optimizer = create_optimizer_v2([torch.nn.Parameter(torch.zeros(1))], opt=cfg.opt, lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.train_epochs, decay_epochs=cfg.decay_epochs,
+                            decay_rate=cfg.decay_rate, warmup_epochs=cfg.warmup_epochs)
+    except (ValueError, TypeError, AssertionError) as err:
+        raise UsageError(f"config keys opt/sched: timm refuses opt={cfg.opt!r} sched={cfg.sched!r} "
+                         f"({' '.join(str(err).split())})") from None
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -12,10 +12,9 @@ state) makes a run reproducible.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
-import shutil
-import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from greedy.errors import UsageError
+from greedy.errors import UsageError, one_line
 
 DATASETS: tuple[str, ...] = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagenet", "fake")
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip", "imagenet")
@@ -302,25 +301,68 @@ def _load_cifar(data_dir: Path, download: bool, hundred: bool) -> _RawData:
     return _RawData(train_x, train_y, test_x, test_y, num_classes=100 if hundred else 10, stats=stats)
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what a CIFAR batch holds: dict, list, str, bytes, int and numpy arrays.
+
+    `pickle.load` on a data file runs any callable the file names (a crafted `data_batch_1` can call
+    `os.system`); this one resolves only numpy's array-reconstruction functions and refuses every other global.
+    """
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3's protocol 2 writes bytes: encode(str, 'latin1')
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds (refused: "
+                                     "reading it would run code from the data file)")
+
+
+def read_cifar_batch(path: Path) -> dict[str, object]:
+    """One CIFAR python batch as a dict with str keys, read with the restricted `_CifarUnpickler`.
+
+    The file is Krizhevsky's pickled dict (https://www.cs.toronto.edu/~kriz/cifar.html): `data` N x 3072 uint8,
+    `labels` (CIFAR-10) or `fine_labels`/`coarse_labels` (CIFAR-100), `filenames`, `batch_label`; keys are bytes
+    or str. Raises UsageError naming the file for anything else, and for unreadable or truncated files.
+    """
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as err:
+        raise UsageError(f"CIFAR batch {path} refused: {one_line(err)}; replace it with the original file") from None
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise UsageError(f"cannot read CIFAR batch {path}: {type(err).__name__}: {one_line(err)}; "
+                         "re-download it") from None
+    if not isinstance(entry, dict):
+        raise UsageError(f"CIFAR batch {path} holds a {type(entry).__name__}, not a dict; re-download it")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
 def _read_cifar_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate pickle batches: ``data`` is N x 3072 uint8 (R, G, B planes of 32x32, row-major)."""
     images, labels = [], []
     for path in paths:
+        entry = read_cifar_batch(path)
+        if "data" not in entry or label_key not in entry:
+            raise UsageError(f"CIFAR batch {path} has no '{'data' if 'data' not in entry else label_key}' entry "
+                             f"(keys: {', '.join(map(str, entry))}); re-download it")
+        data = np.asarray(entry["data"])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise UsageError(f"CIFAR batch {path}: 'data' is {data.dtype} of shape {data.shape}, not N rows of 3072 "
+                             "uint8 pixels (3 x 32 x 32); re-download it")
         try:
-            with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
-            data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             batch_labels = np.asarray(entry[label_key], dtype=np.int64).reshape(-1)
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError, AttributeError) as err:
-            raise UsageError(
-                f"cannot read CIFAR batch {path}: {type(err).__name__}: {_one_line(err)}; re-download it"
-            ) from err
+        except (TypeError, ValueError):
+            raise UsageError(f"CIFAR batch {path}: '{label_key}' is not a list of integers; re-download it") from None
         if len(data) != len(batch_labels):
             raise UsageError(
                 f"CIFAR batch {path} has {len(data)} images but {len(batch_labels)} labels; re-download it"
             )
-        images.append(data)
+        images.append(data.reshape(-1, 3, 32, 32))
         labels.append(batch_labels)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
@@ -333,7 +375,7 @@ def _torchvision_cifar_download(data_dir: Path, hundred: bool) -> None:
     except Exception as err:  # network, disk, checksum: all fixable by the user
         name = "cifar100" if hundred else "cifar10"
         raise UsageError(
-            f"dataset '{name}': download into {data_dir} failed ({type(err).__name__}: {_one_line(err)}); "
+            f"dataset '{name}': download into {data_dir} failed ({type(err).__name__}: {one_line(err)}); "
             "download it manually and pass --data-dir DIR"
         ) from err
 
@@ -346,32 +388,66 @@ def _load_cifar100(data_dir: Path, download: bool, img_size: int | None) -> _Raw
     return _load_cifar(data_dir, download, hundred=True)
 
 
+# idx format (LeCun et al., http://yann.lecun.com/exdb/mnist/): two zero bytes, a type byte (0x08 = uint8), the
+# number of dimensions, then each dimension as a big-endian uint32, then the values.
+_IDX_UINT8 = 0x08
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An idx file of uint8 values with `ndim` dimensions (images: N x 28 x 28, labels: N), plain or gzip-ed.
+
+    Raises UsageError naming the file and what is wrong: not gzip, truncated, wrong magic, type or dimensions, or a
+    length that does not match the header.
+    """
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise UsageError(f"{path} is not a complete gzip file ({type(err).__name__}: {one_line(err)}); replace it "
+                         "with the original download") from None
+    except OSError as err:
+        raise UsageError(f"cannot read {path} ({err.strerror}); check the file") from None
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise UsageError(f"{path} is {len(data)} bytes, shorter than an idx header; replace it with the original file")
+    zero, kind, dims = int.from_bytes(data[:2], "big"), data[2], data[3]
+    if zero != 0 or kind != _IDX_UINT8 or dims != ndim:
+        magic = int.from_bytes(data[:4], "big")
+        raise UsageError(f"{path} has magic number {magic:#010x}, not {(_IDX_UINT8 << 8) | ndim:#010x} (idx uint8 with "
+                         f"{ndim} dimensions); is it the right file?")
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + math.prod(shape)
+    if len(data) != expected:
+        raise UsageError(f"{path} holds {len(data) - header} values but its header announces "
+                         f"{' x '.join(map(str, shape))} = {expected - header}; the file is truncated or corrupt")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
 def _load_fashion_mnist(data_dir: Path, download: bool, img_size: int | None) -> _RawData:
-    """Fashion-MNIST from torchvision's raw layout, decompressing the distributed .gz files if needed."""
-    from torchvision.datasets import FashionMNIST
-
-    root = _fashion_mnist_root(data_dir, download)
-    splits = []
-    for train in (True, False):
-        try:
-            ds = FashionMNIST(root=str(root), train=train, download=False)
-        except (OSError, RuntimeError, AssertionError, TypeError, ValueError) as err:
-            raise UsageError(
-                f"dataset 'fashion_mnist': cannot read idx files in {root / 'FashionMNIST' / 'raw'} "
-                f"({type(err).__name__}: {_one_line(err)}); replace them with the original files"
-            ) from err
-        splits += [ds.data.unsqueeze(1), ds.targets.long()]
-    return _RawData(*splits, num_classes=10, stats=_FASHION_MNIST_STATS)
+    """Fashion-MNIST's four idx files, plain or as distributed (.gz, read as is), from `data_dir`, its
+    `FashionMNIST/raw` (torchvision's layout), or downloaded there by torchvision."""
+    files = _fashion_mnist_files(data_dir, download)
+    arrays = [read_idx(files[name], 3 if "images" in name else 1) for name in _FMNIST_FILES]
+    for images, labels, split in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "t10k")):
+        if len(images) != len(labels):
+            raise UsageError(f"dataset 'fashion_mnist': {split} has {len(images)} images but {len(labels)} labels; "
+                             "the files do not belong together")
+    tensors = [torch.from_numpy(a.copy()) for a in arrays]
+    return _RawData(tensors[0][:, None], tensors[1].long(), tensors[2][:, None], tensors[3].long(), num_classes=10,
+                    stats=_FASHION_MNIST_STATS)
 
 
-def _fashion_mnist_root(data_dir: Path, download: bool) -> Path:
-    """Return a root whose ``FashionMNIST/raw`` holds the four uncompressed idx files."""
+def _fashion_mnist_files(data_dir: Path, download: bool) -> dict[str, Path]:
+    """The path of each of the four files: uncompressed first, then .gz, in data_dir/FashionMNIST/raw or data_dir."""
     raw = data_dir / "FashionMNIST" / "raw"
-    if all((raw / f).is_file() for f in _FMNIST_FILES):
-        return data_dir
-    for source in (raw, data_dir):
-        if all((source / f"{f}.gz").is_file() for f in _FMNIST_FILES):
-            return _decompress_fashion_mnist(source, data_dir)
+    for folder in (raw, data_dir):
+        for suffix in ("", ".gz"):
+            paths = {name: folder / f"{name}{suffix}" for name in _FMNIST_FILES}
+            if all(p.is_file() for p in paths.values()):
+                return paths
     if download:
         from torchvision.datasets import FashionMNIST
 
@@ -380,74 +456,14 @@ def _fashion_mnist_root(data_dir: Path, download: bool) -> Path:
         except Exception as err:  # network, disk, checksum: all fixable by the user
             raise UsageError(
                 f"dataset 'fashion_mnist': download into {data_dir} failed ({type(err).__name__}: "
-                f"{_one_line(err)}); put the four .gz files in a folder and pass --data-dir DIR"
+                f"{one_line(err)}); put the four .gz files in a folder and pass --data-dir DIR"
             ) from err
-        return data_dir
+        return {name: raw / name for name in _FMNIST_FILES}
     raise UsageError(
         f"dataset 'fashion_mnist': no Fashion-MNIST files under {data_dir} "
         f"(expected {raw / _FMNIST_FILES[0]} or {data_dir / (_FMNIST_FILES[0] + '.gz')} "
         "and the other three); pass --data-dir DIR or --download"
     )
-
-
-def _decompress_fashion_mnist(source: Path, data_dir: Path) -> Path:
-    """Decompress the .gz files into ``data_dir`` if writable, else into the cache; return that root."""
-    roots = [data_dir] if _is_writable(data_dir / "FashionMNIST" / "raw") else []
-    failure = ""
-    for root in [*roots, _cache_dir()]:
-        target = root / "FashionMNIST" / "raw"
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-            for name in _FMNIST_FILES:
-                _gunzip_if_stale(source / f"{name}.gz", target / name)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as err:
-            raise UsageError(
-                f"dataset 'fashion_mnist': corrupt .gz file in {source} "
-                f"({type(err).__name__}: {_one_line(err)}); replace it with the original download"
-            ) from err
-        except OSError as err:
-            failure = f"cannot write decompressed files to {target} ({type(err).__name__}: {_one_line(err)})"
-            continue
-        return root
-    raise UsageError(f"dataset 'fashion_mnist': {failure}; set GREEDY_CACHE to a writable directory")
-
-
-def _gunzip_if_stale(src: Path, dst: Path) -> None:
-    """Decompress ``src`` to ``dst`` atomically unless ``dst`` was already made from this very ``src``.
-
-    A hidden stamp next to ``dst`` records the source path, size and mtime, so a cache shared by several
-    data folders never serves files decompressed from another one.
-    """
-    src_stat = src.stat()
-    stamp = dst.with_name(f".{dst.name}.source")
-    tag = f"{src.resolve()}\n{src_stat.st_size}\n{src_stat.st_mtime_ns}\n"
-    if dst.is_file() and stamp.is_file() and stamp.read_text() == tag:
-        return
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, length=1 << 20)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the decompressed data is not secret
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    stamp.write_text(tag)
-
-
-def _is_writable(path: Path) -> bool:
-    """Whether ``path`` (or its nearest existing parent) may be written; honours mode bits even for root."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("GREEDY_CACHE") or Path.home() / ".cache" / "greedy").expanduser()
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
 
 
 _IN_MEMORY_LOADERS: dict[str, Callable[[Path, bool, int | None], _RawData]] = {
@@ -493,7 +509,7 @@ def _imagenet_bundle(data_dir: Path, img_size: int, augment: bool) -> DataBundle
         try:
             datasets[split] = ImageFolder(str(data_dir / split), transform=transform)
         except (FileNotFoundError, OSError) as err:
-            raise UsageError(f"dataset 'imagenet': {_one_line(err)} (in {data_dir / split})") from err
+            raise UsageError(f"dataset 'imagenet': {one_line(err)} (in {data_dir / split})") from err
     return DataBundle(datasets["train"], datasets["val"], len(datasets["train"].classes), 3, img_size)
 
 

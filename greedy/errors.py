@@ -1,19 +1,55 @@
-"""The one exception type for bad user input (config, data, checkpoints), and how the CLI reports it."""
+"""The exceptions a command reports on one line, and how the CLI reports them.
+
+- UsageError: bad input from the user (config, data, checkpoints, paths): exit code 2, before any work where
+  possible.
+- TrainingDiverged: the loss became NaN or infinite: exit code 3, the last good state kept for a resume.
+"""
+
+from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
+
+USAGE_EXIT = 2
+DIVERGED_EXIT = 3
 
 
 class UsageError(Exception):
     """Bad input from the user; the CLI prints the message on one line and exits with code 2."""
 
 
-def run_cli(main: Callable[[], int]) -> NoReturn:
-    """Run a command's main(); a UsageError becomes one line on stderr and exit code 2."""
+class TrainingDiverged(Exception):
+    """A non-finite loss stopped training; the CLI prints the message on one line and exits with code 3."""
+
+
+def one_line(err: BaseException) -> str:
+    """The message of `err` on one line.
+
+    An exception raised in a DataLoader worker comes back re-raised with the worker's traceback as its message
+    ("Caught UsageError in DataLoader worker process 0. Original Traceback ..."): its last line holds the
+    original message after the exception's qualified name.
+    """
+    text = str(err)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        prefix = f"{type(err).__module__}.{type(err).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last.split(": ", 1)[-1]
+    return " ".join(text.split())
+
+
+def exit_code(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a command's main(argv): a UsageError or TrainingDiverged becomes one line on stderr and its exit code."""
     try:
-        code = main()
+        return main(argv)
     except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return USAGE_EXIT
+    except TrainingDiverged as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return DIVERGED_EXIT
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int]) -> NoReturn:
+    """The entry point of a script: exit with `exit_code(main)`."""
+    sys.exit(exit_code(main))

@@ -83,7 +83,11 @@ class Tracker:
         for key, value in final.items():
             self.wandb_run.summary[key] = value
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int = 0) -> None:
+        """End the W&B run (marked failed with a non-zero exit code) and say where an offline one is."""
+        if self.wandb_run is not None and exit_code:
+            self.wandb_run.finish(exit_code=exit_code)
+            self.wandb_run = None
         if self.wandb_run is not None and os.environ.get("WANDB_MODE") == "offline":
             self.say(f"W&B run saved offline in {self.wandb_run.dir.rsplit('/files', 1)[0]}; "
                      f"upload it with `wandb sync {self.wandb_run.dir.rsplit('/files', 1)[0]}`")

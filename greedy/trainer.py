@@ -16,14 +16,19 @@ from torch import nn
 from tqdm import tqdm
 
 from greedy.builder import Stage
-from greedy.checkpoint import RunDir
+from greedy.checkpoint import RunDir, check_finite
 from greedy.config import Config
+from greedy.errors import TrainingDiverged, UsageError
 from greedy.models import GreedyNet
 from greedy.tracking import Tracker
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
-    """One Accelerator per run: CPU, one GPU or many, with the config's precision and accumulation."""
+    """One Accelerator per run: CPU, one GPU or many, with the config's precision and accumulation.
+
+    Raises UsageError for fp16 on a CPU, which has no fp16 autocast (it would train in fp32 while the config says
+    fp16).
+    """
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -32,6 +37,9 @@ def make_accelerator(cfg: Config) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
         step_scheduler_with_optimizer=False,
     )
+    if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise UsageError("config key 'mixed_precision': fp16 cannot run on a CPU (no fp16 autocast there); use "
+                         "--mixed-precision bf16 (works on CPU) or no")
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
     return accelerator
@@ -120,16 +128,51 @@ def stage_logits(stage: Stage, models: list[nn.Module], x: torch.Tensor) -> list
     return logits
 
 
+class DivergenceCheck:
+    """Records, on the device, the first step whose loss is NaN or infinite; `check()` raises TrainingDiverged.
+
+    Recording costs no device sync; each `check()` costs one, so the loop calls it every `finite_check_every`
+    steps (default 1: training stops at the first non-finite loss) and at the end of every epoch.
+    """
+
+    def __init__(self, stage: Stage, epoch: int, device: torch.device):
+        self.stage, self.epoch = stage, epoch
+        self.first = torch.full((3,), -1, dtype=torch.long, device=device)  # step in epoch, global step, part
+
+    def record(self, losses: torch.Tensor, step_in_epoch: int, step: int) -> None:
+        finite = torch.isfinite(losses)
+        part = (~finite).to(torch.long).argmax()
+        new = torch.stack([torch.full_like(part, step_in_epoch), torch.full_like(part, step), part])
+        self.first = torch.where((self.first[0] < 0) & ~finite.all(), new, self.first)
+
+    def check(self, losses: torch.Tensor) -> None:
+        step_in_epoch, step, part = self.first.tolist()
+        if step_in_epoch < 0:
+            return
+        where = self.stage.name if not self.stage.decoupled else f"{self.stage.name} {self.stage.part_ids()[part][1]}"
+        raise TrainingDiverged(
+            f"{where} diverged: the loss became non-finite at epoch {self.epoch + 1}, step {step_in_epoch} (global "
+            f"step {step}); training stopped, finished stages and the last complete epoch's state are kept; lower "
+            "--lr (or add --warmup-epochs) and start a new run")
+
+
 def train_one_epoch(stage: Stage, models: list[nn.Module], loader, optimizers: list, accelerator: Accelerator,
                     tracker: Tracker, step: int, progress: bool, channels_last: bool = False,
-                    log_every: int = 1) -> tuple[list[float], list[float], int, float]:
-    """One pass over the training data: (mean loss per part, train accuracy per part, global step, s/step)."""
+                    log_every: int = 1, epoch: int = 0,
+                    finite_check_every: int = 1) -> tuple[list[float], list[float], int, float]:
+    """One pass over the training data: (mean loss per part, train accuracy per part, global step, s/step).
+
+    Raises TrainingDiverged at the first non-finite loss (checked every `finite_check_every` steps and at the
+    end), before the epoch's results or state are recorded anywhere.
+    """
     for model in models:
         model.train()
     device = accelerator.device
     sums = torch.zeros(2, len(models), device=device)  # loss * n, correct
     seen = torch.zeros((), device=device)
     steps, t0 = 0, time.perf_counter()
+    divergence = DivergenceCheck(stage, epoch, device)
+    losses = torch.zeros(len(models), device=device)
     for x, y in tqdm(loader, desc=stage.name, leave=False, disable=not progress):
         results = stage_step(stage, models, optimizers, accelerator, as_input(x, channels_last), y)
         losses = torch.stack([loss.detach().float() for loss, _ in results])
@@ -138,12 +181,16 @@ def train_one_epoch(stage: Stage, models: list[nn.Module], loader, optimizers: l
         seen += y.numel()
         step += 1
         steps += 1
+        divergence.record(losses, steps, step)
+        if steps % finite_check_every == 0:
+            divergence.check(losses)
         if tracker.use_wandb and step % log_every == 0:  # .item() waits for the device: not every step
             values = {"train/loss": losses[-1].item(), "train/lr": optimizers[-1].param_groups[0]["lr"]}
             if stage.decoupled:
                 values.update({f"train/loss_{name}": v for (_, name), v in zip(stage.part_ids(), losses.tolist(),
                                                                                 strict=True)})
             tracker.log_step(values, step)
+    divergence.check(losses)
     seconds_per_step = (time.perf_counter() - t0) / max(steps, 1)
     totals = accelerator.reduce(torch.cat([sums.flatten(), seen[None]]), "sum")
     seen = totals[-1]
@@ -225,8 +272,10 @@ def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, ru
         lr = optimizers[0].param_groups[0]["lr"]
         losses, train_accs, step, step_time = train_one_epoch(stage, models, train_loader, optimizers, accelerator,
                                                               tracker, step, show, cfg.channels_last,
-                                                              cfg.log_every)
+                                                              cfg.log_every, epoch, cfg.finite_check_every)
         sync_buffers(models, accelerator)
+        for model in models:  # a finite loss can still leave non-finite weights or BatchNorm statistics
+            check_finite(accelerator.unwrap_model(model).state_dict(), f"{stage.name} epoch {epoch + 1}")
         test_accs = evaluate_parts(stage, models, test_loader, accelerator, cfg.channels_last)
         seconds += time.perf_counter() - t0
         for (index, name), loss, train_acc, test_acc in zip(stage.part_ids(), losses, train_accs, test_accs,

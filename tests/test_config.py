@@ -18,7 +18,7 @@ def test_yaml_and_types(tmp_path):
 
 @pytest.mark.parametrize("text, fragment", [
     ("widht: [8]\n", "unknown config key 'widht'"),
-    ("k: 4\n", "outside 1..3"),
+    ("k: 4\n", "outside the allowed range [1, 3]"),
     ("k: three\n", "not an integer"),
     ("widths: [8, 16]\ndownsample: [3]\n", "do not exist"),
     ("widths: []\n", "non-empty"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -250,75 +251,97 @@ def test_cifar_corrupt_batch(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
+class _Payload:
+    """Unpickling this runs `touch marker` through os.system, as a crafted CIFAR batch would."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("where", ["top-level", "inside-data"])
+def test_cifar_crafted_batch_does_not_run_its_payload(tmp_path: Path, where: str) -> None:
+    write_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    payload = _Payload(marker)
+    write_pickle(batch, payload if where == "top-level" else {b"data": payload, b"labels": [0]})
+    with pytest.raises(UsageError) as info:
+        create_datasets("cifar10", tmp_path)
+    assert not marker.exists()  # the callable named in the file never ran
+    assert str(info.value) == (f"CIFAR batch {batch} refused: it names {os.system.__module__}.system, which a "
+                               "CIFAR batch never holds (refused: reading it would run code from the data file); "
+                               "replace it with the original file")
+
+
+def test_cifar_wrong_row_length_is_named(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    write_pickle(batch, {b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]})
+    with pytest.raises(UsageError) as info:
+        create_datasets("cifar10", tmp_path)
+    assert str(info.value) == (f"CIFAR batch {batch}: 'data' is uint8 of shape (2, 3000), not N rows of 3072 uint8 "
+                               "pixels (3 x 32 x 32); re-download it")
+
+
 # ----------------------------------------------------------------------------------------------
 # Fashion-MNIST
 # ----------------------------------------------------------------------------------------------
 
 
-def test_fashion_mnist_gz_in_read_only_folder(tmp_path: Path, monkeypatch, read_only) -> None:
-    arrays = fashion_arrays()
-    flat = tmp_path / "flat"
-    write_fashion(flat, arrays, gz=True)
-    read_only(flat)
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("GREEDY_CACHE", str(cache))
-    check_fashion(create_datasets("fashion_mnist", flat), arrays)
-    assert not (flat / "FashionMNIST").exists()
-    raw = cache / "FashionMNIST" / "raw"
-    assert sorted(p.name for p in raw.iterdir() if not p.name.startswith(".")) == sorted(FMNIST_NAMES)
-    # A second load reuses the decompressed files instead of rewriting them.
-    before = {n: (raw / n).stat().st_ino for n in FMNIST_NAMES}
-    check_fashion(create_datasets("fashion_mnist", flat), arrays)
-    assert before == {n: (raw / n).stat().st_ino for n in FMNIST_NAMES}
-
-
-def test_fashion_mnist_cache_shared_by_two_folders(tmp_path: Path, monkeypatch, read_only) -> None:
-    monkeypatch.setenv("GREEDY_CACHE", str(tmp_path / "cache"))
-    first, second = tmp_path / "a", tmp_path / "b"
-    write_fashion(first, fashion_arrays(0), gz=True)
-    write_fashion(second, fashion_arrays(1), gz=True)
-    read_only(first)
-    read_only(second)
-    for folder, seed in ((first, 0), (second, 1), (first, 0)):
-        check_fashion(create_datasets("fashion_mnist", folder), fashion_arrays(seed))
-
-
-def test_fashion_mnist_gz_in_writable_folder(tmp_path: Path, monkeypatch) -> None:
-    arrays = fashion_arrays()
-    monkeypatch.setenv("GREEDY_CACHE", str(tmp_path / "cache"))
-    write_fashion(tmp_path / "data", arrays, gz=True)
-    check_fashion(create_datasets("fashion_mnist", tmp_path / "data"), arrays)
-    assert (tmp_path / "data" / "FashionMNIST" / "raw" / FMNIST_NAMES[0]).is_file()
-    assert not (tmp_path / "cache").exists()
-
-
-def test_fashion_mnist_gz_in_raw_folder(tmp_path: Path, monkeypatch, read_only) -> None:
-    arrays = fashion_arrays()
-    raw = tmp_path / "data" / "FashionMNIST" / "raw"
-    write_fashion(raw, arrays, gz=True)
-    read_only(raw)
-    monkeypatch.setenv("GREEDY_CACHE", str(tmp_path / "cache"))
-    check_fashion(create_datasets("fashion_mnist", tmp_path / "data"), arrays)
-    assert (tmp_path / "cache" / "FashionMNIST" / "raw" / FMNIST_NAMES[2]).is_file()
-
-
-def test_fashion_mnist_uncompressed_torchvision_layout(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("layout", ["flat-gz", "raw-gz", "raw-plain"])
+def test_fashion_mnist_layouts_read_in_place(tmp_path: Path, read_only, layout: str) -> None:
     arrays = fashion_arrays(3)
-    write_fashion(tmp_path / "FashionMNIST" / "raw", arrays, gz=False)
-    monkeypatch.setenv("GREEDY_CACHE", str(tmp_path / "cache"))
-    bundle = create_datasets("fashion_mnist", tmp_path, augment="crop_flip")
-    check_fashion(bundle, arrays)
-    assert bundle.train[0][0].shape == (1, 28, 28)
-    assert not (tmp_path / "cache").exists()
+    folder = tmp_path / "FashionMNIST" / "raw" if layout.startswith("raw") else tmp_path / "flat"
+    write_fashion(folder, arrays, gz=layout.endswith("gz"))
+    read_only(folder)  # nothing is written next to the data: the .gz files are read as they are
+    check_fashion(create_datasets("fashion_mnist", tmp_path if layout.startswith("raw") else folder), arrays)
 
 
-def test_fashion_mnist_corrupt_gz(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("GREEDY_CACHE", str(tmp_path / "cache"))
-    write_fashion(tmp_path, fashion_arrays(), gz=True)
-    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"garbage")
-    with pytest.raises(UsageError, match="corrupt") as info:
+def test_fashion_mnist_two_folders_never_mix(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        write_fashion(tmp_path / str(seed), fashion_arrays(seed), gz=True)
+    for seed in (0, 1, 0):
+        check_fashion(create_datasets("fashion_mnist", tmp_path / str(seed)), fashion_arrays(seed))
+
+
+def _damage(tmp_path: Path, name: str, payload: bytes, gz: bool) -> Path:
+    write_fashion(tmp_path, fashion_arrays(), gz=gz)
+    path = tmp_path / (f"{name}.gz" if gz else name)
+    path.write_bytes(gzip.compress(payload, mtime=0) if gz else payload)
+    return path
+
+
+GOOD_IMAGES = fashion_files(fashion_arrays())["t10k-images-idx3-ubyte"]
+
+
+@pytest.mark.parametrize("gz, payload, message", [
+    (False, struct.pack(">I", 2049) + GOOD_IMAGES[4:], "has magic number 0x00000801, not 0x00000803"),
+    (True, struct.pack(">I", 0x0B03) + GOOD_IMAGES[4:], "has magic number 0x00000b03, not 0x00000803"),
+    (False, GOOD_IMAGES[:-100], "holds 3036 values but its header announces 4 x 28 x 28 = 3136"),
+    (False, GOOD_IMAGES[:10], "is 10 bytes, shorter than an idx header"),
+], ids=["magic", "magic-in-gz", "short-data", "short-header"])
+def test_fashion_mnist_bad_idx_names_the_file(tmp_path: Path, gz: bool, payload: bytes, message: str) -> None:
+    path = _damage(tmp_path, "t10k-images-idx3-ubyte", payload, gz)
+    with pytest.raises(UsageError) as info:
         create_datasets("fashion_mnist", tmp_path)
+    assert str(info.value).startswith(f"{path} {message}")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[: len(b) // 2], "is not a complete gzip file (EOFError"),
+    (lambda b: b"garbage", "is not a complete gzip file (BadGzipFile"),
+], ids=["truncated-gz", "not-gz"])
+def test_fashion_mnist_bad_gz_names_the_file(tmp_path: Path, damage, message: str) -> None:
+    write_fashion(tmp_path, fashion_arrays(), gz=True)
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(UsageError) as info:
+        create_datasets("fashion_mnist", tmp_path)
+    assert str(info.value).startswith(f"{path} {message}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,7 +456,6 @@ def assert_one_line_usage_error(info: pytest.ExceptionInfo, *needles: str) -> No
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "fashion_mnist", "imagenet"])
 def test_missing_directory(tmp_path: Path, dataset: str, monkeypatch) -> None:
-    monkeypatch.setenv("GREEDY_CACHE", str(tmp_path / "cache"))
     missing = tmp_path / "nowhere"
     with pytest.raises(UsageError) as info:
         create_datasets(dataset, missing)

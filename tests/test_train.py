@@ -67,7 +67,7 @@ def test_e2e_baseline_same_config(tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["--widht", "3"], "unrecognized arguments: --widht"),
     (["--epoch", "3"], "unrecognized arguments: --epoch"),  # no silent abbreviation of --epochs
-    (["--k", "4"], "outside 1..3"),
+    (["--k", "4"], "outside the allowed range [1, 3]"),
     (["--downsample", "5"], "do not exist"),
     (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "does not exist"),
     (["--name", "existing"], "already exists"),

@@ -9,6 +9,7 @@ from timm.models import register_model
 from torch import nn
 
 from greedy.config import Config, build_config, load_yaml
+from greedy.errors import UsageError
 from greedy.models.blocks import ConvBlock, SpaceToDepth
 from greedy.models.heads import AuxiliaryHead, VGGClassifier
 
@@ -72,6 +73,36 @@ def create_greedy_net(cfg: Config, *, num_classes: int, in_chans: int) -> Greedy
         downsample_mode=cfg.downsample_mode, batchnorm=cfg.batchnorm, aux_width=cfg.aux_width,
         pool_size=cfg.pool_size, input_downsample=cfg.input_downsample, final_head=cfg.final_head,
     )
+
+
+def check_shapes(net: GreedyNet, in_chans: int, img_size: int) -> list[tuple[int, ...]]:
+    """Each block's output shape (C, H, W) for a `in_chans x img_size x img_size` input, from a pass on the meta
+    device (no memory, no data); the heads are run on their block's output too.
+
+    Raises UsageError naming the first block (1-based) or head that cannot take its input, e.g. a 3x3 image before a
+    space-to-depth (which needs even sizes) or a 1x1 map before a 2x2 max-pool.
+    """
+    shapes = []
+    x = torch.zeros(2, in_chans, img_size, img_size, device="meta")  # 2: BatchNorm in train mode needs > 1 value
+    parts = [("the input stem", net.stem)] + [(f"block {j + 1}", b) for j, b in enumerate(net.blocks)]
+    with torch.no_grad():
+        for j, (name, module) in enumerate(parts):
+            shape = "x".join(map(str, x.shape[1:]))
+            try:
+                x = module.to("meta")(x)
+            except (RuntimeError, ValueError):
+                x = None
+            if x is None or min(x.shape[2:]) < 1:
+                raise UsageError(f"{name} cannot take its {shape} input (image size {img_size}); pass a larger "
+                                 "--img-size or fewer 'downsample' blocks")
+            if j > 0:
+                shapes.append(tuple(x.shape[1:]))
+                try:
+                    net.heads[j - 1].to("meta")(x)
+                except (RuntimeError, ValueError):
+                    raise UsageError(f"the auxiliary head of {name} cannot take its {'x'.join(map(str, x.shape[1:]))} "
+                                     f"input (image size {img_size}); pass a larger --img-size") from None
+    return shapes
 
 
 def stage_param_count(net: GreedyNet, j: int) -> dict[str, int]:

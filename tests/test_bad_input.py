@@ -1,0 +1,148 @@
+"""Bad input is refused before any work: exit code 2, one line on stderr, no traceback, nothing written or changed.
+
+The table runs train.main in this process (a subprocess per case would cost seconds each); test_train.py and the
+fp16 case below run the real CLI in a subprocess.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+import train
+from greedy.config import FIELDS, RANGES
+from greedy.errors import exit_code
+from tests.helpers import TINY, cli, tree_digest
+
+# Every config key gets at least one bad value here (test_every_key_has_a_bad_value checks that).
+BAD_VALUES = [
+    # the issue's examples
+    (["--decay-rate", "0"], "config key 'decay_rate': 0.0 is outside the allowed range (0, 1]"),
+    (["--decay-rate", "-2"], "config key 'decay_rate': -2.0 is outside the allowed range (0, 1]"),
+    (["--lr", "nan"], "config key 'lr': nan is not a finite number"),
+    (["--lr", "inf"], "config key 'lr': inf is not a finite number"),
+    (["--weight-decay", "-1"], "config key 'weight_decay': -1.0 is outside the allowed range [0, inf)"),
+    (["--num-workers", "-1"], "config key 'num_workers': -1 is outside the allowed range [0, inf)"),
+    # the rest of the schema
+    (["--lr", "0"], "config key 'lr': 0.0 is outside the allowed range (0, inf)"),
+    (["--lr", "fast"], "config key 'lr': 'fast' is not a number"),
+    (["--momentum", "1.5"], "config key 'momentum': 1.5 is outside the allowed range [0, 1)"),
+    (["--decay-epochs", "0"], "config key 'decay_epochs': 0.0 is outside the allowed range (0, inf)"),
+    (["--warmup-epochs", "-1"], "config key 'warmup_epochs': -1 is outside the allowed range [0, inf)"),
+    (["--cache-budget-gb", "-1"], "config key 'cache_budget_gb': -1.0 is outside the allowed range [0, inf)"),
+    (["--cache-budget-gb", "nan"], "config key 'cache_budget_gb': nan is not a finite number"),
+    (["--seed", "-1"], "config key 'seed': -1 is outside the allowed range [0, 4294967295]"),
+    (["--epochs", "0"], "config key 'epochs': 0 is outside the allowed range [1, inf)"),
+    (["--epochs", "1.5"], "config key 'epochs': '1.5' is not an integer"),
+    (["--e2e-epochs", "0"], "config key 'e2e_epochs': 0 is outside the allowed range [1, inf)"),
+    (["--batch-size", "0"], "config key 'batch_size': 0 is outside the allowed range [1, inf)"),
+    (["--eval-batch-size", "-4"], "config key 'eval_batch_size': -4 is outside the allowed range [1, inf)"),
+    (["--grad-accum", "0"], "config key 'grad_accum': 0 is outside the allowed range [1, inf)"),
+    (["--log-every", "0"], "config key 'log_every': 0 is outside the allowed range [1, inf)"),
+    (["--finite-check-every", "0"], "config key 'finite_check_every': 0 is outside the allowed range [1, inf)"),
+    (["--pool-size", "0"], "config key 'pool_size': 0 is outside the allowed range [1, inf)"),
+    (["--aux-width", "0"], "config key 'aux_width': 0 is outside the allowed range [1, inf)"),
+    (["--k", "0"], "config key 'k': 0 is outside the allowed range [1, 3]"),
+    (["--num-classes", "1"], "config key 'num_classes': 1 is outside the allowed range [2, inf)"),
+    (["--img-size", "0"], "config key 'img_size': 0 is outside the allowed range [1, inf)"),
+    (["--widths", "16,0"], "config key 'widths': [16, 0] must be a non-empty list of positive integers"),
+    (["--downsample", "2,2"], "config key 'downsample': [2, 2] names a block twice"),
+    (["--mode", "fancy"], "config key 'mode': 'fancy' is not one of greedy, e2e, decoupled"),
+    (["--dataset", "mnist"], "config key 'dataset': 'mnist' is not one of digits, fashion_mnist"),
+    (["--augment", "mixup"], "config key 'augment': 'mixup' is not one of none, crop_flip, imagenet"),
+    (["--augment", "imagenet"], "config key 'augment': 'imagenet' does not apply to dataset 'digits'"),
+    (["--downsample-mode", "avgpool"], "config key 'downsample_mode': 'avgpool' is not one of"),
+    (["--final-head", "mlp"], "config key 'final_head': 'mlp' is not one of"),
+    (["--mixed-precision", "fp8"], "config key 'mixed_precision': 'fp8' is not one of no, bf16, fp16"),
+    (["--tracker", "tensorboard"], "config key 'tracker': 'tensorboard' is not one of none, wandb"),
+    (["--cache", "maybe"], "config key 'cache': 'maybe' is not one of auto, on, off"),
+    (["--cache-dtype", "fp64"], "config key 'cache_dtype': 'fp64' is not one of auto, fp32, fp16, bf16"),
+    (["--opt", "adamm"], "config key 'opt': 'adamm' is not a timm optimizer; did you mean 'adam'?"),
+    (["--sched", "plateau"], "config key 'sched': 'plateau' is not one of step, multistep, cosine"),
+    (["--name", "a/b"], "config key 'name': 'a/b' is not a valid run directory name"),
+    (["--name", ".."], "config key 'name': '..' is not a valid run directory name"),
+    (["--wandb-project", "team/project"], "config key 'wandb_project': 'team/project' is not a valid W&B project"),
+    (["--out-dir", ""], "config key 'out_dir': must not be empty"),
+    (["--batchnorm", "maybe"], "config key 'batchnorm': 'maybe' is not a boolean (true/false)"),
+    (["--dataset", "cifar10", "--data-dir", "MISSING"], "data directory MISSING for dataset 'cifar10' does not exist"),
+    # shapes, checked on the meta device before training (and before --print-model)
+    (["--img-size", "3"], "block 3 cannot take its 16x3x3 input (image size 3)"),
+    (["--img-size", "3", "--print-model"], "block 3 cannot take its 16x3x3 input (image size 3)"),
+    (["--img-size", "2", "--downsample-mode", "maxpool", "--downsample", "2,3"],
+     "block 3 cannot take its 16x1x1 input (image size 2)"),
+    # paths
+    (["--out-dir", "/proc/greedy-runs"], "--out-dir /proc/greedy-runs: cannot create folders in /proc"),
+    (["--out-dir", "AFILE"], "--out-dir AFILE: AFILE is a file, not a folder"),
+    (["--name", "existing"], "run directory OUT/existing already exists"),
+    (["--widht", "3"], "unrecognized arguments: --widht"),
+    (["-c", "DUP"], "config key 'lr' appears twice (lines 1 and 3); keep one"),
+    # resume
+    (["--resume", "OUT/existing", "-c", "configs/digits_k2.yaml"], "--resume OUT/existing continues the run with"),
+    (["--resume", "OUT"], "is not a run directory (no config.yaml)"),
+    (["--resume", "OUT/partial", "--lr", "0.01"], "--lr 0.01 contradicts the saved config (lr: 0.05)"),
+]
+# Keys whose bad values are free text (any string is a valid path or label) or booleans checked by one case.
+FREE_TEXT = {"data_dir", "experiment", "no_progress", "download", "pin_memory", "persistent_workers", "strict_data",
+             "input_downsample", "channels_last", "compile"}
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    """An --out-dir with a finished run, a partial (killed after stage 1) run, a config with a key twice, a file."""
+    out = tmp_path_factory.mktemp("bad-input")
+    cli("train.py", *TINY, "--epochs", "1", "--out-dir", str(out), "--name", "existing")
+    shutil.copytree(out / "existing", out / "partial")
+    for name in ("model.safetensors", "summary.json", "stage2.safetensors", "stage3.safetensors"):
+        (out / "partial" / name).unlink()
+    (out / "dup.yaml").write_text("lr: 0.1\nepochs: 2\nlr: 0.2\n")
+    (out / "afile").write_text("not a folder\n")
+    return out
+
+
+def run_train(args: list[str], capsys) -> tuple[int, str, str]:
+    code = exit_code(train.main, args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("args, message", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_input_is_one_line_exit_2_nothing_written(out, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(train.__file__.rsplit("/", 1)[0])
+    subst = {"OUT": str(out), "DUP": str(out / "dup.yaml"), "AFILE": str(out / "afile"),
+             "MISSING": str(out / "missing")}
+    for key, value in subst.items():
+        args = [a.replace(key, value) for a in args]
+        message = message.replace(key, value)
+    before = tree_digest(out)
+    argv = args if "--resume" in args else [*TINY, "--out-dir", str(out), *args]
+    code, _, err = run_train(argv, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert message in err
+    assert tree_digest(out) == before  # no run directory created, the existing ones byte-identical
+
+
+def test_every_key_has_a_bad_value():
+    covered = {arg[2:].replace("-", "_") for args, _ in BAD_VALUES for arg in args if arg.startswith("--")}
+    missing = set(FIELDS) - covered - FREE_TEXT
+    assert not missing, f"keys without a bad-value case: {sorted(missing)}"
+    assert set(RANGES) <= covered
+
+
+def test_resume_of_a_finished_run_touches_nothing(out, monkeypatch, capsys):
+    monkeypatch.chdir(train.__file__.rsplit("/", 1)[0])
+    before = tree_digest(out / "existing")
+    code, stdout, err = run_train(["--resume", str(out / "existing")], capsys)
+    assert (code, err) == (0, "")
+    assert f"run {out / 'existing'} is finished" in stdout
+    assert tree_digest(out / "existing") == before
+
+
+def test_fp16_on_cpu_is_refused_by_the_cli(tmp_path):
+    proc = cli("train.py", *TINY, "--mixed-precision", "fp16", "--out-dir", str(tmp_path), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == ("error: config key 'mixed_precision': fp16 cannot run on a CPU (no fp16 autocast there); "
+                           "use --mixed-precision bf16 (works on CPU) or no\n")
+    assert not any(tmp_path.iterdir())
+
