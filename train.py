@@ -17,7 +17,7 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from greedy.builder import GreedyBuilder, Stage
 from greedy.cache import FeatureCache, cache_enabled
-from greedy.checkpoint import RunDir, load_into, load_safetensors, state_digest
+from greedy.checkpoint import SKIPPED_IMAGES, RunDir, load_into, load_safetensors, state_digest
 from greedy.config import (
     RESUME_MUTABLE,
     Config,
@@ -27,7 +27,14 @@ from greedy.config import (
     make_parser,
     overrides_from_args,
 )
-from greedy.data import DataBundle, create_datasets, create_loaders, dataset_info
+from greedy.data import (
+    DataBundle,
+    create_datasets,
+    create_loaders,
+    dataset_info,
+    log_skipped_images,
+    skipped_images,
+)
 from greedy.errors import DIVERGED_EXIT, TrainingDiverged, UsageError, run_cli
 from greedy.models import check_shapes, create_greedy_net
 from greedy.summary import describe_model, format_table, result_rows
@@ -141,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     set_seed(cfg.seed)  # the same initial weights on every rank
     use_cache = cache_enabled(cfg, say)
     data = create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size,
-                           augment="none" if use_cache else cfg.augment, download=cfg.download)
+                           augment="none" if use_cache else cfg.augment, download=cfg.download,
+                           strict_data=cfg.strict_data)
     if cfg.num_classes not in (None, data.num_classes):
         raise UsageError(f"config key 'num_classes' is {cfg.num_classes} but {cfg.dataset} in {cfg.data_dir} "
                          f"has {data.num_classes} classes; drop the key or fix the data")
@@ -155,11 +163,15 @@ def main(argv: list[str] | None = None) -> int:
             holder = [str(RunDir.create(cfg, Path(args.config).stem).path)]
         run = RunDir(Path(broadcast_object_list(holder)[0]))
     say(f"run directory: {run.path}")
+    log_skipped_images(data, run.path / SKIPPED_IMAGES)
     if accelerator.num_processes > 1 or cfg.grad_accum > 1:  # --batch-size is per process: say what it adds up to
         say(f"global batch: {cfg.batch_size} per process x {accelerator.num_processes} processes x "
             f"{cfg.grad_accum} accumulation steps = {cfg.batch_size * accelerator.num_processes * cfg.grad_accum}")
     tracker = Tracker(accelerator, cfg, run, say)
     resume = run.latest_state()
+    replayed = tracker.replay(run.metrics_until(resume, by_epoch=cfg.mode == "decoupled"))
+    if replayed:
+        say(f"W&B: logged {replayed} epoch record(s) from metrics.jsonl that the interrupted run had not saved")
 
     builder = GreedyBuilder(net, cfg.mode)
     cache = FeatureCache.for_run(cfg, accelerator, run.path, say) if use_cache else None
@@ -190,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     _, test_loader = create_loaders(data, cfg.batch_size, eval_batch_size=cfg.eval_batch_size)
     heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator, cfg.channels_last)
     rows, final = results(cfg, net, run, heads, accelerator)
+    skipped = skipped_images(data)
+    if skipped:
+        say(f"warning: skipped {len(skipped)} unreadable image(s), listed in summary.json (skipped_images)")
+    final.update(skipped_images=skipped)
     if accelerator.is_main_process:
         run.save_weights(run.path / "model.safetensors",
                          {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})

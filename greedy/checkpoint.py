@@ -22,6 +22,7 @@ from greedy.config import Config, build_config, load_yaml, save_config
 from greedy.errors import TrainingDiverged, UsageError
 
 STATE_DIR = re.compile(r"^state-s(\d+)-e(\d+)$")
+SKIPPED_IMAGES = "skipped_images.txt"  # unreadable images skipped so far, one path a line (image folders)
 COMPLETE = "COMPLETE"  # written last into a state directory; its absence means an interrupted write
 
 
@@ -177,15 +178,31 @@ class RunDir:
         """One record per epoch per stage; stage and epoch are 1-based, as printed."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        text = self.metrics_path.read_text()
+        lines = text.split("\n")[:-1]  # a last line without its newline was cut by a kill: its epoch is retrained
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line)) if line.strip() else None
+            except json.JSONDecodeError:
+                raise UsageError(f"{self.metrics_path} line {number} is not JSON; restore the file or start a new "
+                                 "run") from None
+        return records
 
-    def truncate_metrics(self, stage: int, epoch: int, by_epoch: bool = False) -> None:
-        """Drop records written after the state we resume from (0-based stage, epoch), so none is duplicated.
+    def metrics_until(self, state: tuple[int, int, Path] | None, by_epoch: bool = False) -> list[dict[str, Any]]:
+        """The records up to a resumable state (0-based stage, epoch, path) from `latest_state`; all without one.
 
         by_epoch: the run trains all its blocks in each epoch (decoupled), so keep every block's records up to epoch.
         """
+        if state is None:
+            return self.read_metrics()
+        stage, epoch = state[0], state[1]
         last = (epoch + 1,) if by_epoch else (stage + 1, epoch + 1)
-        keep = [r for r in self.read_metrics() if ((r["epoch"],) if by_epoch else (r["stage"], r["epoch"])) <= last]
+        return [r for r in self.read_metrics() if ((r["epoch"],) if by_epoch else (r["stage"], r["epoch"])) <= last]
+
+    def truncate_metrics(self, stage: int, epoch: int, by_epoch: bool = False) -> None:
+        """Drop records written after the state we resume from (0-based stage, epoch), so none is duplicated."""
+        keep = self.metrics_until((stage, epoch, self.path), by_epoch)
         _atomic_write(self.metrics_path, lambda p: p.write_text("".join(dumps(r) + "\n" for r in keep)))
 
     # weights of finished stages and of the final model

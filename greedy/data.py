@@ -15,6 +15,7 @@ import gzip
 import math
 import os
 import pickle
+import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2
 
 from greedy.errors import UsageError, one_line
@@ -133,8 +136,13 @@ def create_datasets(
     img_size: int | None = None,
     augment: str = "none",
     download: bool = False,
+    strict_data: bool = False,
 ) -> DataBundle:
-    """Build the train/test datasets for ``dataset``; ``img_size`` None keeps the native size."""
+    """Build the train/test datasets for ``dataset``; ``img_size`` None keeps the native size.
+
+    ``strict_data``: an unreadable image (ImageNet folders) raises UsageError instead of being skipped and recorded
+    (see CheckedImageFolder). Raises UsageError for every problem with the files, naming the file.
+    """
     _check_choice("dataset", dataset, DATASETS)
     _check_choice("augment", augment, AUGMENTATIONS)
     if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1):
@@ -146,7 +154,7 @@ def create_datasets(
                 "augment 'crop_flip' is for the in-memory datasets; "
                 "use --augment imagenet or none for 'imagenet'"
             )
-        return _imagenet_bundle(root, img_size or _IMAGENET_DEFAULT_SIZE, augment == "imagenet")
+        return _imagenet_bundle(root, img_size or _IMAGENET_DEFAULT_SIZE, augment == "imagenet", strict_data)
     if augment == "imagenet":
         raise UsageError(
             "augment 'imagenet' only applies to dataset 'imagenet'; "
@@ -480,10 +488,91 @@ _IN_MEMORY_LOADERS: dict[str, Callable[[Path, bool, int | None], _RawData]] = {
 # ----------------------------------------------------------------------------------------------
 
 
-def _imagenet_bundle(data_dir: Path, img_size: int, augment: bool) -> DataBundle:
-    """``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` with timm-style transforms."""
-    from torchvision.datasets import ImageFolder
+def _visible(name: str) -> bool:
+    """Hidden (dot) folders and files, e.g. `.ipynb_checkpoints` or macOS `._x.JPEG`, are never classes or samples."""
+    return not name.startswith(".")
 
+
+class CheckedImageFolder(ImageFolder):
+    """torchvision's ImageFolder that ignores hidden folders and files, and never lets a bad image end a run.
+
+    Samples are `(transform(PIL RGB image), class index)`. An empty (0-byte) file is found when the folder is
+    scanned; an unreadable one (truncated JPEG, not an image) when it is loaded. By default such a file is skipped:
+    the sample is replaced by the next readable image of the split (so every batch keeps its size), a warning names
+    the file once, and the file is recorded (in `skipped` and, once the run directory exists, in `skip_log`, one
+    path a line, shared by loader workers and processes). With `strict=True` the first one raises UsageError naming
+    the file instead.
+    """
+
+    def __init__(self, root: Path, transform: Callable | None = None, strict: bool = False):
+        self.strict = strict
+        self.skipped: list[str] = []
+        self.skip_log: Path | None = None
+        self._root = Path(root)
+        super().__init__(str(root), transform=transform, is_valid_file=self._is_sample)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and _visible(e.name))
+        if not classes:
+            raise FileNotFoundError(f"no class folders in {directory}")
+        return classes, {name: i for i, name in enumerate(classes)}
+
+    def _is_sample(self, path: str) -> bool:
+        parts = Path(path).relative_to(self._root).parts
+        if not all(_visible(part) for part in parts) or not has_file_allowed_extension(path, IMG_EXTENSIONS):
+            return False
+        if os.path.getsize(path) == 0:
+            self._bad(path, "empty file")
+            return False
+        return True
+
+    def _bad(self, path: str, reason: str) -> None:
+        if self.strict:
+            raise UsageError(f"unreadable image {path} ({reason}); replace or remove it, or set strict_data: false "
+                             "to skip such files")
+        if path in self.skipped:
+            return
+        self.skipped.append(path)
+        print(f"warning: skipped unreadable image {path} ({reason})", file=sys.stderr)
+        if self.skip_log is not None:
+            with open(self.skip_log, "a") as f:  # one short append per file: atomic across processes
+                f.write(path + "\n")
+
+    def __getitem__(self, index: int) -> tuple[object, int]:
+        for offset in range(len(self.samples)):
+            path, target = self.samples[(index + offset) % len(self.samples)]
+            try:
+                image = self.loader(path)  # opens and decodes (convert to RGB): a truncated file fails here
+            except (OSError, SyntaxError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
+                self._bad(path, one_line(err) or type(err).__name__)
+                continue
+            return (self.transform(image) if self.transform is not None else image), target
+        raise UsageError(f"no readable image in {self.root}; check the data folder")
+
+
+def skipped_images(bundle: DataBundle) -> list[str]:
+    """Every image the bundle's folders skipped (sorted, each once): this process's and its log's."""
+    found: set[str] = set()
+    for dataset in (bundle.train, bundle.test):
+        if isinstance(dataset, CheckedImageFolder):
+            found.update(dataset.skipped)
+            if dataset.skip_log is not None and dataset.skip_log.exists():
+                found.update(line for line in dataset.skip_log.read_text().splitlines() if line)
+    return sorted(found)
+
+
+def log_skipped_images(bundle: DataBundle, path: Path) -> None:
+    """Record skipped images in `path` from now on (loader workers and other processes too), with those so far."""
+    for dataset in (bundle.train, bundle.test):
+        if isinstance(dataset, CheckedImageFolder):
+            dataset.skip_log = path
+            if dataset.skipped:
+                with open(path, "a") as f:
+                    f.write("".join(p + "\n" for p in dataset.skipped))
+
+
+def _imagenet_bundle(data_dir: Path, img_size: int, augment: bool, strict: bool = False) -> DataBundle:
+    """``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` with timm-style transforms."""
     class_lists = {}
     for split in ("train", "val"):
         split_dir = data_dir / split
@@ -492,7 +581,7 @@ def _imagenet_bundle(data_dir: Path, img_size: int, augment: bool) -> DataBundle
                 f"dataset 'imagenet': no {split}/ folder under {data_dir} "
                 f"(expected {split_dir}/<class>/*.JPEG); pass --data-dir DIR"
             )
-        class_lists[split] = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+        class_lists[split] = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and _visible(e.name))
     if class_lists["train"] != class_lists["val"]:
         only_train = sorted(set(class_lists["train"]) - set(class_lists["val"]))[:3]
         only_val = sorted(set(class_lists["val"]) - set(class_lists["train"]))[:3]
@@ -507,7 +596,7 @@ def _imagenet_bundle(data_dir: Path, img_size: int, augment: bool) -> DataBundle
         ("val", eval_tf),
     ):
         try:
-            datasets[split] = ImageFolder(str(data_dir / split), transform=transform)
+            datasets[split] = CheckedImageFolder(data_dir / split, transform=transform, strict=strict)
         except (FileNotFoundError, OSError) as err:
             raise UsageError(f"dataset 'imagenet': {one_line(err)} (in {data_dir / split})") from err
     return DataBundle(datasets["train"], datasets["val"], len(datasets["train"].classes), 3, img_size)

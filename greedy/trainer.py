@@ -289,6 +289,7 @@ def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, ru
                 say(f"{name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train {train_acc:.4f}  "
                     f"test {test_acc:.4f}  lr {lr:.4g}  {seconds:.1f}s")
         run.save_state(accelerator, stage.index, epoch, {"step": step, "seconds": seconds, "cache_time": cache_time})
+        tracker.flush_epochs()
     tracker.step = step
     accelerator.free_memory()  # release this stage's prepared objects before the next stage
     stage.trainable.eval()

@@ -2,7 +2,7 @@
 
     python scripts/compare.py -c configs/digits_k2.yaml --seeds 0,1
     python scripts/compare.py -c configs/fashion_mnist_compare.yaml --k 1,2,3 --seeds 0,1 --jobs 2 \\
-        -- --data-dir /work/shared/data/fashion-mnist
+        -- --data-dir ../shared/data/fashion-mnist
     python scripts/compare.py -c configs/cifar10_k3.yaml --k 3 \\
         --launcher "accelerate launch --multi_gpu --num_processes 8" -- --data-dir /data/cifar10
     python scripts/compare.py -c configs/imagenet_k3.yaml --k 3 --plan       # the commands and costs, no training

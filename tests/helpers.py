@@ -6,8 +6,10 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -43,3 +45,24 @@ def tree_digest(path: Path) -> dict[str, str]:
     """Hash of every file under path: to prove that nothing was changed."""
     return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def start_train(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """Start `python train.py args` in the background (stderr kept, stdout dropped)."""
+    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=full_env)
+
+
+def kill_during_stage2(proc: subprocess.Popen, run: Path, min_epoch: int = 2, timeout: float = 120.0) -> None:
+    """SIGKILL the run once metrics.jsonl shows stage 2 at epoch >= min_epoch."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        metrics = run / "metrics.jsonl"
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        if any(json.loads(r)["stage"] == 2 and json.loads(r)["epoch"] >= min_epoch for r in lines if r.strip()):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"run ended or hung before stage 2 (rc={proc.poll()}): {proc.stderr.read().decode()}")

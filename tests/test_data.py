@@ -20,8 +20,10 @@ from greedy.data import (
     TensorImageDataset,
     create_datasets,
     create_loaders,
+    skipped_images,
 )
 from greedy.errors import UsageError
+from tests.helpers import cli, summary
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
@@ -377,6 +379,58 @@ def test_imagenet_image_folder(tmp_path: Path) -> None:
     assert torch.allclose(pixel, torch.tensor(COLORS["n01443537"], dtype=torch.float32), atol=1.0)
 
 
+def test_image_folder_ignores_hidden_folders_and_files(tmp_path: Path) -> None:
+    write_image_folder(tmp_path)
+    for split in ("train", "val"):  # what notebooks and macOS leave behind
+        hidden = tmp_path / split / ".ipynb_checkpoints"
+        hidden.mkdir()
+        Image.new("RGB", (40, 48), (0, 0, 0)).save(hidden / "x.png")
+        Image.new("RGB", (40, 48), (0, 0, 0)).save(tmp_path / split / "n01443537" / "._n01443537_0.png")
+        nested = tmp_path / split / "n01440764" / ".thumbs"
+        nested.mkdir()
+        Image.new("RGB", (40, 48), (0, 0, 0)).save(nested / "t.png")
+    bundle = create_datasets("imagenet", tmp_path, img_size=32)
+    assert bundle.num_classes == 2 and bundle.train.classes == sorted(COLORS)
+    assert len(bundle.train) == len(bundle.test) == 6
+    assert [bundle.test[i][1] for i in range(6)] == [0, 0, 0, 1, 1, 1]  # labels unchanged
+
+
+def write_bad_images(root: Path) -> tuple[Path, Path]:
+    """A truncated JPEG and a 0-byte .JPEG in the train split of an image folder."""
+    write_image_folder(root)
+    truncated = root / "train" / "n01440764" / "truncated.JPEG"
+    noise = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(truncated, quality=95)
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    empty = root / "train" / "n01443537" / "empty.JPEG"
+    empty.write_bytes(b"")
+    return truncated, empty
+
+
+def test_image_folder_skips_and_reports_bad_images(tmp_path: Path, capsys) -> None:
+    truncated, empty = write_bad_images(tmp_path)
+    bundle = create_datasets("imagenet", tmp_path, img_size=32)
+    assert len(bundle.train) == 7  # 6 good + the truncated one; the empty one is no sample
+    items = [bundle.train[i] for i in range(len(bundle.train))]
+    assert all(image.shape == (3, 32, 32) for image, _ in items)
+    assert skipped_images(bundle) == sorted([str(truncated), str(empty)])
+    err = capsys.readouterr().err
+    assert f"warning: skipped unreadable image {truncated} (image file is truncated" in err
+    assert f"warning: skipped unreadable image {empty} (empty file)" in err
+
+
+def test_image_folder_strict_refuses_bad_images(tmp_path: Path) -> None:
+    truncated, empty = write_bad_images(tmp_path)
+    with pytest.raises(UsageError) as info:
+        create_datasets("imagenet", tmp_path, img_size=32, strict_data=True)
+    assert str(info.value) == (f"unreadable image {empty} (empty file); replace or remove it, or set "
+                               "strict_data: false to skip such files")
+    empty.unlink()
+    bundle = create_datasets("imagenet", tmp_path, img_size=32, strict_data=True)
+    with pytest.raises(UsageError, match=f"^unreadable image {truncated} \\(image file is truncated"):
+        [bundle.train[i] for i in range(len(bundle.train))]
+
+
 def test_imagenet_augment_is_seeded_by_torch(tmp_path: Path) -> None:
     write_image_folder(tmp_path)
     bundle = create_datasets("imagenet", tmp_path, img_size=32, augment="imagenet")
@@ -531,3 +585,25 @@ def test_train_loader_shuffles_reproducibly(fake_bundle: DataBundle) -> None:
 def test_loader_rejects_bad_batch_size(fake_bundle: DataBundle) -> None:
     with pytest.raises(UsageError):
         create_loaders(fake_bundle, 0)
+
+
+def test_train_cli_skips_bad_images_and_strict_refuses(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    truncated, empty = write_bad_images(data)
+    args = ["-c", "configs/digits_k2.yaml", "--dataset", "imagenet", "--data-dir", str(data), "--img-size", "16",
+            "--widths", "8,8", "--downsample", "2", "--epochs", "1", "--batch-size", "4", "--no-progress",
+            "--out-dir", str(tmp_path / "runs")]
+    # loader workers find the truncated file: its path reaches summary.json through the run's skip log
+    proc = cli("train.py", *args, "--name", "skip", "--num-workers", "1")
+    assert summary(tmp_path / "runs" / "skip")["skipped_images"] == sorted([str(truncated), str(empty)])
+    assert "skipped 2 unreadable image(s)" in proc.stdout
+    strict = cli("train.py", *args, "--name", "strict", "--strict-data", check=False)
+    assert strict.returncode == 2
+    assert strict.stderr == (f"error: unreadable image {empty} (empty file); replace or remove it, or set "
+                             "strict_data: false to skip such files\n")
+    assert not (tmp_path / "runs" / "strict").exists()
+    empty.unlink()
+    strict = cli("train.py", *args, "--name", "strict", "--strict-data", "--num-workers", "1", check=False)
+    assert strict.returncode == 2
+    assert strict.stderr.startswith(f"error: unreadable image {truncated} (image file is truncated")
+    assert strict.stderr.count("\n") == 1  # one line, no traceback from the loader worker

@@ -1,46 +1,22 @@
 """Kill a run mid-stage, resume it, and get the uninterrupted result; refuse bad resumes cleanly."""
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import ROOT, cli, summary, tree_digest
+from tests.helpers import cli, kill_during_stage2, start_train, summary, tree_digest
 
 # Default digits widths with 4 epochs a stage: slow enough (~0.2 s an epoch) to be killed mid-stage.
 ARGS = ["-c", "configs/digits_k2.yaml", "--epochs", "4", "--decay-epochs", "2", "--no-progress"]
 
 
-def start(out, name):
-    cmd = [sys.executable, "train.py", *ARGS, "--out-dir", str(out), "--name", name]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-
-
-def kill_during_stage2(proc, run, min_epoch=2, timeout=120.0):
-    """SIGKILL the run once metrics.jsonl shows stage 2 at epoch >= min_epoch."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        metrics = run / "metrics.jsonl"
-        lines = metrics.read_text().splitlines() if metrics.exists() else []
-        if any(json.loads(r)["stage"] == 2 and json.loads(r)["epoch"] >= min_epoch for r in lines if r.strip()):
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"run ended or hung before stage 2 (rc={proc.poll()}): {proc.stderr.read().decode()}")
-
-
 @pytest.fixture(scope="module")
 def killed_and_reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("resume")
-    proc = start(out, "killed")
+    proc = start_train(*ARGS, "--out-dir", str(out), "--name", "killed")
     kill_during_stage2(proc, out / "killed")
     reference = cli("train.py", *ARGS, "--out-dir", str(out), "--name", "reference")
     assert reference.returncode == 0

@@ -1,11 +1,13 @@
 """W&B through accelerate's tracker: offline runs, per-stage history, shared experiment group."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import ROOT, TINY, cli
+from greedy.tracking import wandb_history
+from tests.helpers import ROOT, TINY, cli, kill_during_stage2, start_train
 from tests.wandb_log import read_offline_run
 
 
@@ -26,7 +28,7 @@ def test_offline_history_holds_every_stage_accuracy(offline_runs):
         epochs = [row[f"{stage}/epoch"] for row in history if f"{stage}/test_acc" in row]
         assert epochs == [1, 2], stage
     # per-step values every --log-every steps (3 stages x 2 epochs x 23 steps of 64 images)
-    steps = [row["_step"] for row in history if "train/loss" in row and "train/lr" in row]
+    steps = [row["train/step"] for row in history if "train/loss" in row and "train/lr" in row]
     assert steps == list(range(10, 139, 10)), steps
     assert "wandb sync" in procs["greedy"].stdout  # one line says where the offline run is
 
@@ -49,3 +51,20 @@ def test_without_wandb_flag_wandb_is_never_imported(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert "wandb imported: False" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_killed_and_resumed_run_is_one_wandb_run_with_every_epoch_once(tmp_path):
+    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "HOME": str(tmp_path)}
+    args = ["-c", "configs/digits_k2.yaml", "--epochs", "4", "--no-progress", "--wandb", "--out-dir", str(tmp_path),
+            "--name", "run"]
+    run = tmp_path / "run"
+    kill_during_stage2(start_train(*args, env=env), run)
+    cli("train.py", "--resume", str(run), env=env)
+    run_id = (run / "wandb_run_id.txt").read_text().strip()
+    logs = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(logs) == 2 and all(log.name == f"run-{run_id}.wandb" for log in logs)  # two segments, one run
+    seen = [(key.split("/")[0], row[key]) for log in logs for row in wandb_history(log) for key in row
+            if key.endswith("/epoch")]
+    records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    expected = [(r["stage_name"], r["epoch"]) for r in records]
+    assert len(expected) == 12 and sorted(seen) == sorted(expected)  # every epoch of every stage, each once
