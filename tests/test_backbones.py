@@ -119,9 +119,9 @@ def test_vit_is_refused():
 class Toy(nn.Module):
     """A timm-style model: forward_features runs stem then blocks (a ModuleList), or adds a skip around them."""
 
-    def __init__(self, skip: bool):
+    def __init__(self, skip: bool = False, train_only_dropout: bool = False):
         super().__init__()
-        self.skip = skip
+        self.skip, self.train_only_dropout = skip, train_only_dropout
         self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
         self.blocks = nn.ModuleList([nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)])
         self.fc = nn.Linear(4, 2)
@@ -131,6 +131,8 @@ class Toy(nn.Module):
         y = x
         for block in self.blocks:
             y = block(y)
+        if self.train_only_dropout and self.training:  # functional, between no children: not in the chain
+            y = nn.functional.dropout(y, 0.5)
         return x + y if self.skip else y
 
     def forward_head(self, x):
@@ -144,13 +146,24 @@ class Toy(nn.Module):
 
 
 def test_toy_chain_and_refused_toy():
-    units, head = model_units(Toy(skip=False), (3, 8, 8), name="toy")
+    units, head = model_units(Toy(), (3, 8, 8), name="toy")
     assert [n for n, _ in units] == ["stem", "blocks.0", "blocks.2"]
     assert unit_rows(units, (3, 8, 8))[1]["modules"] == ["blocks.0", "blocks.1"]
     with pytest.raises(UsageError) as err:
         model_units(Toy(skip=True), (3, 8, 8), name="toy_skip")
     assert str(err.value) == ("timm model 'toy_skip' cannot be split into a chain of local modules: its "
                               f"forward_features is not the composition of its children; {WHAT_WORKS}")
+    with pytest.raises(UsageError) as err:  # equal in eval mode, not in training mode
+        model_units(Toy(train_only_dropout=True), (3, 8, 8), name="toy_dropout")
+    assert str(err.value) == ("timm model 'toy_dropout' cannot be split into a chain of local modules: its "
+                              "chain differs from forward_features in the proof (perturbed weights, eval and "
+                              f"training mode); {WHAT_WORKS}")
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "convnext_atto"])
+def test_stochastic_depth_and_dropout_pass_in_training_mode(name):
+    units, head = timm_units(name, input_size=SIZE, drop_rate=0.5, drop_path_rate=0.5)
+    assert verify_chain(head.model, units, SIZE, head=head, seed=5)
 
 
 def test_unknown_name():

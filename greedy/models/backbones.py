@@ -11,7 +11,9 @@ creates the timm model and returns its units, `[(name, module), ...]`, and a `Ti
 How the units are found, with no per-family code:
 1. Trace. Forward pre-hooks on the model's children (an nn.ModuleList or nn.ModuleDict is seen through to its
    children, as it has no forward of its own) record which children run in `forward_features`, in call order;
-   the children that run in `forward_head` (pooling, pre-logits, classifier) make the head.
+   the children that run in `forward_head` (pooling, pre-logits, classifier) make the head. Tracing, not names,
+   because families differ: EfficientNet runs `conv_head` in forward_features, MobileNetV3 in forward_head; VGG's
+   ConvMlp `pre_logits` runs in forward_head. Steps 1-2 run on a perturbed copy of the model (see verify_chain).
 2. Expand. An nn.Sequential whose forward is not overridden becomes its children, recursively. A custom module
    with an nn.Sequential or nn.ModuleList child (a stage, such as timm's ConvNeXtStage) becomes the children its
    forward calls, if running them in that order gives exactly its output. Any other module stays whole: a
@@ -25,12 +27,20 @@ How the units are found, with no per-family code:
    (ConvNeXt's `stem`: stem.0, stem.1, stages.0.downsample), else after its first module (ResNet's `conv1`:
    conv1, bn1, act1, maxpool); a unit of several modules that is not one container is a `Chain` of them.
 4. Prove. `verify_chain` runs the chain and `forward_features` (and the head and the whole model) on the same
-   seeded random input in eval mode and demands `torch.equal`; a model that fails is refused with a UsageError
-   (a ViT, whose forward_features adds position embeddings between its children, is one).
+   seeded random input, in eval and in training mode, on a copy with perturbed weights, and demands `torch.equal`;
+   a model that fails is refused with a UsageError (a ViT, whose forward_features adds position embeddings between
+   its children, is one). So is a model with parameters in neither the units nor the head.
 
 Units of common families (see tests/test_backbones.py): resnet: conv1, layer1.0, layer1.1, ..., layer4.<last>;
 vgg: features.0, features.3, ... (each conv with its ReLU and max pooling); convnext: stem, stages.0.blocks.0, ...,
 stages.1.downsample, stages.1.blocks.0, ...; efficientnet: conv_stem (+bn1), blocks.0.0, ..., conv_head (+bn2).
+
+Limits. A stage that is a custom module without a Sequential/ModuleList
+child stays one unit (RegNet's s1..s4, DLA's levels, CSPNet's stages). Building copies the model once for the
+search and once for the proof (VGG's default 100M-parameter ConvMlp head: a few seconds and that much memory).
+
+Sources: timm's model interface (timm/models/resnet.py, vgg.py, convnext.py, efficientnet.py, mobilenetv3.py:
+`forward_features`, `forward_head`, `get_classifier`); torch.utils.flop_counter for FLOPs.
 """
 
 from __future__ import annotations
@@ -108,12 +118,16 @@ def timm_units(name: str, *, pretrained: bool = False, num_classes: int | None =
         kwargs["num_classes"] = num_classes
     try:
         model = timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **kwargs)
-    except (OSError, RuntimeError) as err:
-        if not pretrained or (isinstance(err, RuntimeError) and "pretrained" not in str(err)):
+    except OSError as err:  # huggingface_hub's and requests' errors are OSErrors
+        if not pretrained:
             raise
         raise UsageError(f"cannot fetch pretrained weights for timm model {name!r} ({type(err).__name__}); "
                          "this machine may be offline: put them in the Hugging Face cache (HF_HOME) on a machine "
                          "with internet, or use pretrained=False") from err
+    except RuntimeError as err:  # timm: "No pretrained weights exist for ..." and the like
+        if not (pretrained and "pretrained" in str(err)):
+            raise
+        raise UsageError(f"timm model {name!r}: {_one_line(err)}") from err
     except TypeError as err:
         raise UsageError(f"timm model {name!r} does not take these arguments: {_one_line(err)}") from err
     if input_size is None:
@@ -147,7 +161,7 @@ def model_units(model: nn.Module, input_size: tuple[int, int, int], *, name: str
         if set(feature_names) & set(head_names):
             raise refuse("a module runs in both forward_features and forward_head")
         leaves = _chain(dict(nodes), feature_names, x, expected, containers := {})
-        if leaves is None:
+        if not leaves:  # None, or a forward_features that runs none of its children
             raise refuse("its forward_features is not the composition of its children")
     own = model.get_submodule
     units = _group([(n, own(n)) for n, _ in leaves], {c: (own(c), ls) for c, (_, ls) in containers.items()})
@@ -157,35 +171,47 @@ def model_units(model: nn.Module, input_size: tuple[int, int, int], *, name: str
     if stray:
         raise refuse(f"parameters outside its chain and head ({', '.join(stray[:3])})")
     if not verify_chain(model, units, input_size, head=head):
-        raise refuse("its chain differs from forward_features on a fresh input")
+        raise refuse("its chain differs from forward_features in the proof (perturbed weights, eval and training mode)")
     return units, head
 
 
 def verify_chain(model: nn.Module, units: list[Unit], input_size: tuple[int, int, int], *,
                  head: nn.Module | None = None, seed: int = 0, batch: int = 2, perturb: bool = True) -> bool:
-    """Whether the units run in order equal `model.forward_features` bit for bit (torch.equal), in eval mode,
-    on a seeded random (batch, *input_size) input; with `head`, also whether head(chain(x)) == model(x).
+    """Whether the units run in order equal `model.forward_features` bit for bit (torch.equal) on a seeded
+    random (batch, *input_size) input, in eval mode; with `head`, also whether head(chain(x)) == model(x).
 
     With `perturb` (the default) it checks a copy of the model, units and head whose parameters carry seeded
     noise, so that the proof holds for any weights: timm zero-initializes the last norm of each residual block,
     which makes a fresh block the identity on non-negative input, and a chain missing such a block would pass
-    on the fresh weights. Raises what the chain raises when it cannot run (a wrong order with wrong shapes).
+    on the fresh weights. On that copy it checks training mode too (batch statistics, dropout and drop-path,
+    each side run from the same RNG seed). Raises what the chain raises when it cannot run (wrong shapes).
     """
     if perturb:
         model, units, head = _perturbed(model, units, head, seed=seed)
     x = _random_input(model, input_size, seed=seed, batch=batch)
-    with _eval(model), _eval(*(m for _, m in units)), torch.no_grad():
+    modules = [model, *(m for _, m in units), *([head] if head is not None else [])]
+
+    def seeded(run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return run()
+
+    def chain() -> torch.Tensor:
         y = x.clone()
         for _, unit in units:
             y = unit(y)
-        expected = model.forward_features(x.clone())
-        if not (y.shape == expected.shape and torch.equal(y, expected)):
-            return False
-        if head is None:
-            return True
-        with _eval(head):
-            logits, expected = head(y), model(x.clone())
-        return logits.shape == expected.shape and torch.equal(logits, expected)
+        return y
+
+    same = lambda a, b: a.shape == b.shape and torch.equal(a, b)  # noqa: E731
+    for train in ([False, True] if perturb else [False]):  # training mode changes norm statistics: copies only
+        with _eval(*modules), torch.no_grad():
+            for m in modules:
+                m.train(train)
+            if not same(seeded(chain), seeded(lambda: model.forward_features(x.clone()))):
+                return False
+            if head is not None and not same(seeded(lambda: head(chain())), seeded(lambda: model(x.clone()))):
+                return False
+    return True
 
 
 def unit_rows(units: list[Unit], input_size: tuple[int, int, int]) -> list[dict]:
