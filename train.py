@@ -29,7 +29,7 @@ from greedy.config import (
 )
 from greedy.data import DataBundle, create_datasets, create_loaders, dataset_info
 from greedy.errors import UsageError, run_cli
-from greedy.models import create_greedy_net
+from greedy.models import check_shapes, create_greedy_net
 from greedy.summary import describe_model, format_table, result_rows
 from greedy.tracking import Tracker
 from greedy.trainer import evaluate_heads, make_accelerator, train_stage
@@ -67,8 +67,10 @@ def print_model(cfg: Config) -> None:
     info = dataset_info(cfg.dataset)
     img_size = cfg.img_size or info.img_size
     with torch.device("meta"):
-        net = create_greedy_net(cfg, num_classes=cfg.num_classes or info.num_classes, in_chans=info.in_chans)
-    print(f"{cfg.dataset}: input {info.in_chans}x{img_size}x{img_size}, {cfg.mode}, k={cfg.k}")
+        net = create_greedy_net(cfg, num_classes=cfg.num_classes or info.num_classes, in_chans=info.in_chans,
+                                img_size=img_size)
+    print(f"{cfg.dataset}: input {info.in_chans}x{img_size}x{img_size}, {cfg.arch}, {cfg.mode}, "
+          f"{net.num_stages} local modules, aux {cfg.aux} (k={cfg.k}), final head {cfg.final_head}")
     print(format_table(describe_model(net, info.in_chans, img_size)))
 
 
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_model:
         print_model(cfg)
         return 0
+    info = dataset_info(cfg.dataset)  # refuse a net the images are too small for before anything is written
+    check_shapes(cfg, info.in_chans, cfg.img_size or info.img_size, cfg.num_classes or info.num_classes)
 
     accelerator = make_accelerator(cfg)
     say = accelerator.print
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.num_classes not in (None, data.num_classes):
         raise UsageError(f"config key 'num_classes' is {cfg.num_classes} but {cfg.dataset} in {cfg.data_dir} "
                          f"has {data.num_classes} classes; drop the key or fix the data")
-    net = create_greedy_net(cfg, num_classes=data.num_classes, in_chans=data.in_chans).to(accelerator.device)
+    net = create_greedy_net(cfg, num_classes=data.num_classes, in_chans=data.in_chans,
+                            img_size=data.img_size).to(accelerator.device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
 
