@@ -57,7 +57,7 @@ class AuxiliaryHead(nn.Module):
     on the pooled block output.
     """
 
-    def __init__(self, in_chans: int, num_classes: int, *, k: int, width: int | None = None,
+    def __init__(self, in_chans: int, num_classes: int, *, k: int = 2, width: int | None = None,
                  pool_size: int = 2, batchnorm: bool = True):
         super().__init__()
         width = width or in_chans
