@@ -69,7 +69,7 @@ class Config:
     widths: list[int] = field(default_factory=lambda: [64, 64, 128])  # plain: one per conv block; resnet: per stage
     downsample: list[int] = field(default_factory=list)  # 1-based blocks preceded by 2x downsampling
     downsample_mode: str = "space_to_depth"  # space_to_depth (invertible) | maxpool (VGG)
-    batchnorm: bool = True
+    batchnorm: bool = True  # plain conv blocks and auxiliary nets (ResNet blocks always have BatchNorm)
     k: int = 2  # hidden layers of each auxiliary problem, counting the block itself
     aux_width: int | None = None  # width of the auxiliary convs; None: the block's width
     pool_size: int = 2  # auxiliary heads average-pool to pool_size x pool_size
@@ -241,6 +241,8 @@ def validate(cfg: Config, check_data: bool = True) -> None:
         if len(cfg.depths) != len(cfg.widths) or any(d < 1 for d in cfg.depths):
             raise UsageError(f"config key 'depths': {cfg.depths} must give at least 1 residual block for each of the "
                              f"{len(cfg.widths)} stages in 'widths' (arch resnet)")
+        if not cfg.batchnorm:
+            raise UsageError("config key 'batchnorm': false is for arch plain; ResNet blocks always have BatchNorm")
         if cfg.downsample:
             raise UsageError(f"config key 'downsample': {cfg.downsample} is for arch plain; resnet stages after the "
                              "first downsample by stride 2 (pass --downsample '')")

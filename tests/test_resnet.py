@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import timm
 import torch
 from safetensors.torch import load_file
 
@@ -37,6 +38,12 @@ def test_exact_resnet_parameter_counts(name, shortcut, params, num_modules):
         net = create_greedy_net(cfg, num_classes=10, in_chans=3, img_size=32)
     assert assembled_params(net) == params
     assert sum(len(names) for names in net.module_units) == cfg.num_units == 1 + 3 * cfg.depths[0]
+
+
+def test_timm_create_model_resnet32():
+    net = timm.create_model("greedy_cifar10_resnet32", num_modules=4, shortcut="B")
+    assert net.num_stages == 4 and assembled_params(net) == 466_906
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("num_modules", [2, 4, 8, 16])
@@ -107,6 +114,7 @@ def test_print_model_resnet32(root, num_modules, capsys, monkeypatch):
     (["--num-modules", "2", "--split-points", "2,4"], "config key 'num_modules': 2 contradicts split_points [2, 4] "
                                                       "(3 local modules); give one of them"),
     (["--aux", "mlp2"], "config key 'aux': 'mlp2' is not one of cnn, mlp, mlp_sr, linear, vgg"),
+    (["--batchnorm", "false"], "config key 'batchnorm': false is for arch plain; ResNet blocks always have BatchNorm"),
     (["--depths", "2,2"], "config key 'depths': [2, 2] must give at least 1 residual block for each of the 3 stages "
                           "in 'widths' (arch resnet)"),
 ])
@@ -123,7 +131,8 @@ def test_too_small_images_refused_before_training(tmp_path):
     proc = cli("train.py", *args, check=False)
     assert proc.returncode == 2, proc.stderr
     [line] = proc.stderr.strip().splitlines()
-    assert line.startswith("error: input 1x8x8 is too small: unit 4 'block4'")
+    assert line.startswith("error: input 1x8x8 is too small for unit 4 'block4' in local module 4 (it cannot take "
+                           "its 8x1x1 input")
     assert not any(tmp_path.iterdir())
 
 

@@ -51,26 +51,38 @@ def _shape(t: torch.Tensor) -> str:
     return "x".join(map(str, t.shape[1:]))
 
 
+class TooSmall(UsageError):
+    """An input (C x H x W) too small for unit `unit` (0-based) of a chain, in local module `module` (1-based)
+    where that is known."""
+
+    def __init__(self, size: str, unit: int, name: str, problem: str, module: int | None = None):
+        self.size, self.unit, self.name, self.problem, self.module = size, unit, name, problem, module
+        where = f"unit {unit + 1} '{name}'" + (f" in local module {module}" if module else "")
+        super().__init__(f"input {size} is too small for {where} ({problem}); use larger images or fewer "
+                         "downsampling layers")
+
+
 def trace_units(units: Units, in_shape: tuple[int, int, int], stem: nn.Module | None = None) -> list[UnitTrace]:
     """Run the chain on a meta batch of 2 inputs of `in_shape` (C, H, W): each unit's output shape and FLOPs.
 
-    Raises UsageError naming the first unit the input is too small for (it fails, or its output is empty).
+    Raises TooSmall (a UsageError) naming the first unit the input is too small for (it fails, or its output
+    is empty).
     """
     x = torch.zeros(2, *in_shape, device="meta")
     if stem is not None:
         x = _meta_call(stem, x)
     traces = []
     for i, (name, unit) in enumerate(units):
+        size, problem = "x".join(map(str, in_shape)), None
         try:
             with FlopCounterMode(display=False) as counter:
                 y = _meta_call(unit, x)
+            if y.numel() == 0:
+                problem = f"it turns its {_shape(x)} input into {_shape(y)}"
         except RuntimeError as err:
-            raise UsageError(f"input {'x'.join(map(str, in_shape))} is too small: unit {i + 1} '{name}' cannot take "
-                             f"its {_shape(x)} input ({str(err).splitlines()[0]}); use larger images or fewer "
-                             "downsampling layers") from None
-        if y.numel() == 0:
-            raise UsageError(f"input {'x'.join(map(str, in_shape))} is too small: unit {i + 1} '{name}' turns its "
-                             f"{_shape(x)} input into {_shape(y)}; use larger images or fewer downsampling layers")
+            problem = f"it cannot take its {_shape(x)} input: {str(err).splitlines()[0]}"
+        if problem:
+            raise TooSmall(size, i, name, problem)
         traces.append(UnitTrace(name, tuple(y.shape[1:]), counter.get_total_flops()))
         x = y
     return traces
@@ -175,7 +187,13 @@ class GreedyNet(nn.Module):
         make = units if callable(units) else lambda: iter(units)
         with torch.device("meta"):
             plan = list(make())
-        traces = trace_units(plan, (in_chans, img_size, img_size), stem)
+        try:
+            traces = trace_units(plan, (in_chans, img_size, img_size), stem)
+        except TooSmall as err:
+            if num_modules is not None and not split_points:
+                raise  # the FLOPs split needs every unit's FLOPs: the unit is all there is to name
+            j = 1 + sum(p <= err.unit for p in split_points) if split_points else err.unit + 1
+            raise TooSmall(err.size, err.unit, err.name, err.problem, j) from None
         groups = split_units([t.flops for t in traces], num_modules, split_points)
         self.module_units = [[plan[i][0] for i in group] for group in groups]
         module_of_last = {group[-1]: j for j, group in enumerate(groups)}
@@ -336,3 +354,13 @@ def greedy_imagenet_k3(pretrained: bool = False, **kwargs) -> GreedyNet:
 @register_model
 def greedy_vgg11_k3(pretrained: bool = False, **kwargs) -> GreedyNet:
     return _from_preset("vgg11_k3", pretrained, **kwargs)
+
+
+@register_model
+def greedy_cifar10_resnet32(pretrained: bool = False, **kwargs) -> GreedyNet:
+    return _from_preset("cifar10_resnet32", pretrained, **kwargs)
+
+
+@register_model
+def greedy_cifar10_resnet110(pretrained: bool = False, **kwargs) -> GreedyNet:
+    return _from_preset("cifar10_resnet110", pretrained, **kwargs)
