@@ -76,6 +76,16 @@ def test_split_by_flops_and_by_split_points():
     assert split_units([1] * 5, split_points=[1, 4]) == [range(0, 1), range(1, 4), range(4, 5)]
 
 
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_bottleneck_resnet_and_dotted_unit_names(shortcut):
+    units = [(f"layer{i}.0", unit) for i, (_, unit) in
+             enumerate(resnet_units(3, [4, 8], [1, 2], block="bottleneck", shortcut_kind=shortcut))]
+    net = GreedyNet.from_units(units, 5, in_chans=3, img_size=8, num_modules=2, final_head="linear")
+    assert net.module_units == [["layer0.0", "layer1.0"], ["layer2.0", "layer3.0"]]
+    assert "blocks.1.layer2_0.conv3.0.weight" in net.state_dict()
+    assert [f.shape[1:] for f in net.forward_features(torch.randn(2, 3, 8, 8))] == [(16, 8, 8), (32, 4, 4)]
+
+
 def test_plain_net_keeps_its_state_dict_names():
     net = GreedyNet([8, 8, 16], 10, in_chans=1, downsample=[3], img_size=8)
     assert "blocks.0.conv.weight" in net.state_dict() and "heads.2.fc.weight" in net.state_dict()

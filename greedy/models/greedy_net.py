@@ -141,7 +141,8 @@ class GreedyNet(nn.Module):
 
     `forward(x)` is the assembled model (all blocks, last head), as timm's `create_model` returns it.
     `module_units[j]` names the units of local module j. A module of one unit is that unit itself (a plain net's
-    `blocks.0.conv.weight`); a module of several is a Sequential keyed by unit name (`blocks.0.stage1_block1...`).
+    `blocks.0.conv.weight`); a module of several is a Sequential keyed by unit name, dots made underscores
+    (`blocks.0.stage1_block1.conv1.0.weight`; a timm unit 'layer1.0' is `blocks.0.layer1_0...`).
 
     The constructor builds a plain net (Belilovsky et al. 2019) from its widths; `from_units` builds any chain.
     """
@@ -205,7 +206,8 @@ class GreedyNet(nn.Module):
                 kind = final_head if j == len(groups) - 1 and final_head != "auxiliary" else aux
                 self.heads.append(create_head(kind, traces[i].out_shape[0], num_classes, **head_options))
         self.blocks = nn.ModuleList(
-            built[group[0]][1] if len(group) == 1 else nn.Sequential(OrderedDict(built[i] for i in group))
+            built[group[0]][1] if len(group) == 1
+            else nn.Sequential(OrderedDict((built[i][0].replace(".", "_"), built[i][1]) for i in group))
             for group in groups
         )
 
