@@ -76,18 +76,19 @@ def resolve_config(args) -> tuple[Config, RunDir | None]:
 def print_model(cfg: Config) -> None:
     info = dataset_info(cfg.dataset)
     img_size = cfg.img_size or info.img_size
-    net = meta_net(cfg)
-    print(f"{cfg.dataset}: input {info.in_chans}x{img_size}x{img_size}, {cfg.mode}, k={cfg.k}")
+    check_model_shapes(cfg)
+    with torch.device("meta"):
+        net = create_greedy_net(cfg, num_classes=cfg.num_classes or info.num_classes, in_chans=info.in_chans,
+                                img_size=img_size)
+    print(f"{cfg.dataset}: input {info.in_chans}x{img_size}x{img_size}, {cfg.arch}, {cfg.mode}, "
+          f"{net.num_stages} local modules, aux {cfg.aux} (k={cfg.k}), final head {cfg.final_head}")
     print(format_table(describe_model(net, info.in_chans, img_size)))
 
 
-def meta_net(cfg: Config):
-    """The run's net on the meta device (no memory, no data), its every block's input size checked."""
+def check_model_shapes(cfg: Config) -> None:
+    """Refuse, before any work, a net the dataset's images are too small for (a pass on the meta device)."""
     info = dataset_info(cfg.dataset)
-    with torch.device("meta"):
-        net = create_greedy_net(cfg, num_classes=cfg.num_classes or info.num_classes, in_chans=info.in_chans)
-    check_shapes(net, info.in_chans, cfg.img_size or info.img_size)
-    return net
+    check_shapes(cfg, info.in_chans, cfg.img_size or info.img_size, cfg.num_classes or info.num_classes)
 
 
 def stage_loaders(cfg: Config, data: DataBundle, stage: Stage, cache: FeatureCache | None, net) -> tuple:
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {run.path} is finished (summary.json, model.safetensors); nothing to do. Evaluate it with "
               f"`python evaluate.py {run.path}`")
         return 0
-    meta_net(cfg)  # shapes: refuse an image too small for the downsampling before any work
+    check_model_shapes(cfg)  # refuse a net the images are too small for before anything is written
     if run is None:
         RunDir.new_path(cfg, Path(args.config).stem)  # a clear error now rather than after the data is loaded
 
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.num_classes not in (None, data.num_classes):
         raise UsageError(f"config key 'num_classes' is {cfg.num_classes} but {cfg.dataset} in {cfg.data_dir} "
                          f"has {data.num_classes} classes; drop the key or fix the data")
-    net = create_greedy_net(cfg, num_classes=data.num_classes, in_chans=data.in_chans).to(accelerator.device)
+    net = create_greedy_net(cfg, num_classes=data.num_classes, in_chans=data.in_chans,
+                            img_size=data.img_size).to(accelerator.device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
 

@@ -19,7 +19,9 @@ from greedy.errors import UsageError
 
 MODES = ("greedy", "e2e", "decoupled")
 DOWNSAMPLE_MODES = ("space_to_depth", "maxpool")
-FINAL_HEADS = ("auxiliary", "vgg")
+ARCHS = ("plain", "resnet")
+RESIDUAL_BLOCKS = ("basic", "bottleneck")
+SHORTCUTS = ("A", "B")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 TRACKERS = ("none", "wandb")
 CACHE_MODES = ("auto", "on", "off")
@@ -61,15 +63,23 @@ class Config:
     strict_data: bool = False  # an unreadable image stops the run (exit 2) instead of being skipped and reported
 
     # architecture (data, not code: every shipped model is one of these)
+    arch: str = "plain"  # plain (conv blocks, Belilovsky et al. 2019) | resnet (CIFAR ResNet, He et al. 2016)
+    block: str = "basic"  # resnet's residual block: basic (two 3x3) | bottleneck (1x1, 3x3, 1x1 x4 channels)
+    shortcut: str = "A"  # resnet's shortcut where the shape changes: A (subsample, zero channels) | B (1x1 conv + BN)
+    depths: list[int] = field(default_factory=list)  # resnet: residual blocks per stage ([5,5,5]: ResNet-32)
+    stem_width: int | None = None  # resnet: width of the stem conv3x3; None: widths[0]
+    num_modules: int | None = None  # local modules (blocks) the units are cut into, equal in FLOPs; None: 1 per unit
+    split_points: list[int] = field(default_factory=list)  # explicit cut: 0-based units that start a local module
     input_downsample: bool = False  # space-to-depth the input once (ImageNet: 3x224x224 -> 12x112x112)
-    widths: list[int] = field(default_factory=lambda: [64, 64, 128])
+    widths: list[int] = field(default_factory=lambda: [64, 64, 128])  # plain: one per conv block; resnet: per stage
     downsample: list[int] = field(default_factory=list)  # 1-based blocks preceded by 2x downsampling
     downsample_mode: str = "space_to_depth"  # space_to_depth (invertible) | maxpool (VGG)
-    batchnorm: bool = True
+    batchnorm: bool = True  # plain conv blocks and auxiliary nets (ResNet blocks always have BatchNorm)
     k: int = 2  # hidden layers of each auxiliary problem, counting the block itself
     aux_width: int | None = None  # width of the auxiliary convs; None: the block's width
     pool_size: int = 2  # auxiliary heads average-pool to pool_size x pool_size
-    final_head: str = "auxiliary"  # auxiliary | vgg (the standard VGG classifier on the last block)
+    aux: str = "cnn"  # auxiliary net: cnn (k; the paper's) | mlp | mlp_sr (DGL's) | linear | vgg (models/heads.py)
+    final_head: str = "auxiliary"  # last block's head: auxiliary (the aux kind) | linear (ResNet's) | vgg | any aux
 
     # optimisation, per stage (greedy) or for the whole net (e2e)
     epochs: int = 10
@@ -96,8 +106,14 @@ class Config:
     finite_check_every: int = 1  # steps between checks that the loss is finite (each costs a device sync)
 
     @property
+    def num_units(self) -> int:
+        """Units of the chain: a plain net's conv blocks, or a ResNet's stem and residual blocks."""
+        return 1 + sum(self.depths) if self.arch == "resnet" else len(self.widths)
+
+    @property
     def num_blocks(self) -> int:
-        return len(self.widths)
+        """Local modules (blocks) the units are cut into: the stages of a greedy run."""
+        return len(self.split_points) + 1 if self.split_points else (self.num_modules or self.num_units)
 
     @property
     def train_epochs(self) -> int:
@@ -246,6 +262,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "num_workers": (0, math.inf, False, False),
     "k": (1, 3, False, False),  # hidden layers of each auxiliary problem, the block counted
     "aux_width": (1, math.inf, False, False),
+    "stem_width": (1, math.inf, False, False),
+    "num_modules": (1, math.inf, False, False),
     "pool_size": (1, math.inf, False, False),
     "epochs": (1, math.inf, False, False),
     "e2e_epochs": (1, math.inf, False, False),
@@ -280,7 +298,13 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     _choice("dataset", cfg.dataset, DATASETS)
     _choice("augment", cfg.augment, AUGMENTATIONS)
     _choice("downsample_mode", cfg.downsample_mode, DOWNSAMPLE_MODES)
-    _choice("final_head", cfg.final_head, FINAL_HEADS)
+    from greedy.models.heads import HEADS  # here: the models import this module
+
+    _choice("arch", cfg.arch, ARCHS)
+    _choice("block", cfg.block, RESIDUAL_BLOCKS)
+    _choice("shortcut", cfg.shortcut, SHORTCUTS)
+    _choice("aux", cfg.aux, tuple(HEADS))
+    _choice("final_head", cfg.final_head, ("auxiliary", *HEADS))
     _choice("mixed_precision", cfg.mixed_precision, MIXED_PRECISION)
     _choice("cache", cfg.cache, CACHE_MODES)
     _choice("cache_dtype", cfg.cache_dtype, CACHE_DTYPES)
@@ -293,12 +317,26 @@ def validate(cfg: Config, check_data: bool = True) -> None:
         raise UsageError("config key 'out_dir': must not be empty; pass --out-dir runs")
     if not cfg.widths or any(w <= 0 for w in cfg.widths):
         raise UsageError(f"config key 'widths': {cfg.widths} must be a non-empty list of positive integers")
-    bad = [d for d in cfg.downsample if not 1 <= d <= cfg.num_blocks]
+    bad = [d for d in cfg.downsample if not 1 <= d <= len(cfg.widths)]
     if bad:
         raise UsageError(
-            f"config key 'downsample': block(s) {bad} do not exist; 'widths' lists {cfg.num_blocks} blocks "
-            f"(1-based indices 1..{cfg.num_blocks})"
+            f"config key 'downsample': block(s) {bad} do not exist; 'widths' lists {len(cfg.widths)} blocks "
+            f"(1-based indices 1..{len(cfg.widths)})"
         )
+    if cfg.arch == "resnet":
+        if len(cfg.depths) != len(cfg.widths) or any(d < 1 for d in cfg.depths):
+            raise UsageError(f"config key 'depths': {cfg.depths} must give at least 1 residual block for each of the "
+                             f"{len(cfg.widths)} stages in 'widths' (arch resnet)")
+        if not cfg.batchnorm:
+            raise UsageError("config key 'batchnorm': false is for arch plain; ResNet blocks always have BatchNorm")
+        if cfg.downsample:
+            raise UsageError(f"config key 'downsample': {cfg.downsample} is for arch plain; resnet stages after the "
+                             "first downsample by stride 2 (pass --downsample '')")
+    elif cfg.depths:
+        raise UsageError(f"config key 'depths': {cfg.depths} is for arch resnet (arch is {cfg.arch})")
+    if cfg.split_points and (cfg.split_points != sorted(set(cfg.split_points)) or cfg.split_points[0] < 1):
+        raise UsageError(f"config key 'split_points': {cfg.split_points} must be increasing unit indices >= 1 "
+                         "(0-based units where a new local module starts)")
     if len(set(cfg.downsample)) != len(cfg.downsample):
         raise UsageError(f"config key 'downsample': {cfg.downsample} names a block twice")
     fits = "imagenet" if cfg.dataset == "imagenet" else "crop_flip"  # PIL pipeline vs in-memory tensors

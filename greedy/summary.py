@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from greedy.models import GreedyNet, stage_param_count
 
 
@@ -31,20 +29,18 @@ def _fmt(value: Any) -> str:
 
 
 def describe_model(net: GreedyNet, in_chans: int, img_size: int) -> list[dict[str, Any]]:
-    """Per stage: the block's output shape and the parameters of block, head and assembled model."""
+    """Per local module (block): its units, input and output shapes (C x H x W, from a meta-device pass), its
+    auxiliary net, and the parameters of module, head and the model assembled after its stage."""
     rows = []
-    with torch.no_grad():
-        x = net.stem(torch.zeros(1, in_chans, img_size, img_size, device="meta"))
-        stem_shape = "x".join(map(str, x.shape[1:]))
-        for j, block in enumerate(net.blocks):
-            x = block(x)
-            counts = stage_param_count(net, j)
-            rows.append({
-                "stage": j + 1, "input": stem_shape if j == 0 else "", "downsample": type(block.downsample).__name__
-                if not isinstance(block.downsample, torch.nn.Identity) else "",
-                "block_out": "x".join(map(str, x.shape[1:])), "head": type(net.heads[j]).__name__,
-                "block_params": counts["block"], "head_params": counts["head"], "model_params": counts["model"],
-            })
+    for j, (in_shape, out_shape) in enumerate(net.module_shapes(in_chans, img_size)):
+        names = net.module_units[j]
+        counts = stage_param_count(net, j)
+        rows.append({
+            "stage": j + 1, "units": names[0] if len(names) == 1 else f"{names[0]}..{names[-1]} ({len(names)})",
+            "input": "x".join(map(str, in_shape)), "block_out": "x".join(map(str, out_shape)),
+            "head": type(net.heads[j]).__name__, "block_params": counts["block"], "head_params": counts["head"],
+            "model_params": counts["model"],
+        })
     return rows
 
 

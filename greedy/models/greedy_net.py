@@ -1,46 +1,215 @@
-"""GreedyNet: the blocks and the auxiliary heads of a layerwise-trained CNN, built from a config."""
+"""GreedyNet: the local modules (blocks) and the auxiliary nets (heads) of a layerwise-trained CNN.
+
+A net is an ordered chain of units (a plain net's conv blocks; a ResNet's stem and residual blocks; later any
+timm CNN's layers). `split_units` cuts the chain into K consecutive local modules, each trained by one auxiliary
+problem; `GreedyNet.from_units` is the one way to assemble a net from such a chain.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import torch
 from timm.models import register_model
 from torch import nn
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
 
 from greedy.config import Config, build_config, load_yaml
 from greedy.errors import UsageError
-from greedy.models.blocks import ConvBlock, SpaceToDepth
-from greedy.models.heads import AuxiliaryHead, VGGClassifier
+from greedy.models.blocks import SpaceToDepth, plain_units, resnet_units
+from greedy.models.heads import create_head
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+Units = list[tuple[str, nn.Module]]
+# A chain of units, built already (a list) or on demand (a function returning a fresh iterator of them).
+UnitSource = Units | Callable[[], Iterable[tuple[str, nn.Module]]]
+
+
+@dataclass
+class UnitTrace:
+    """What one unit does to a batch of 2: output shape (C, H, W) and forward FLOPs (FlopCounterMode's count)."""
+
+    name: str
+    out_shape: tuple[int, ...]
+    flops: int
+
+
+def _meta_call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x) with meta stand-ins for its weights: shapes and FLOPs only, whatever device the module is on,
+    and its BatchNorm statistics untouched."""
+    state = {name: torch.empty_like(t, device="meta")
+             for name, t in chain(module.named_parameters(), module.named_buffers())}
+    return functional_call(module, state, (x,))
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape[1:]))
+
+
+class TooSmall(UsageError):
+    """An input (C x H x W) too small for unit `unit` (0-based) of a chain, in local module `module` (1-based)
+    where that is known."""
+
+    def __init__(self, size: str, unit: int, name: str, problem: str, module: int | None = None):
+        self.size, self.unit, self.name, self.problem, self.module = size, unit, name, problem, module
+        where = f"unit {unit + 1} '{name}'" + (f" in local module {module}" if module else "")
+        super().__init__(f"input {size} is too small for {where} ({problem}); use larger images or fewer "
+                         "downsampling layers")
+
+
+def trace_units(units: Units, in_shape: tuple[int, int, int], stem: nn.Module | None = None) -> list[UnitTrace]:
+    """Run the chain on a meta batch of 2 inputs of `in_shape` (C, H, W): each unit's output shape and FLOPs.
+
+    Raises TooSmall (a UsageError) naming the first unit the input is too small for (it fails, or its output
+    is empty).
+    """
+    x = torch.zeros(2, *in_shape, device="meta")
+    if stem is not None:
+        x = _meta_call(stem, x)
+    traces = []
+    for i, (name, unit) in enumerate(units):
+        size, problem = "x".join(map(str, in_shape)), None
+        try:
+            with FlopCounterMode(display=False) as counter:
+                y = _meta_call(unit, x)
+            if y.numel() == 0:
+                problem = f"it turns its {_shape(x)} input into {_shape(y)}"
+        except RuntimeError as err:
+            problem = f"it cannot take its {_shape(x)} input: {str(err).splitlines()[0]}"
+        if problem:
+            raise TooSmall(size, i, name, problem)
+        traces.append(UnitTrace(name, tuple(y.shape[1:]), counter.get_total_flops()))
+        x = y
+    return traces
+
+
+def split_units(flops: list[int], num_modules: int | None = None, split_points: list[int] | None = None) -> list[range]:
+    """Cut a chain of len(flops) units into consecutive local modules: the unit indices of each.
+
+    split_points: the 0-based unit indices where a new module starts (sorted, in 1..units-1). Else num_modules K
+    (None: one module per unit): the K modules whose forward FLOPs are as equal as possible (least squared
+    deviation from total/K; for a CIFAR ResNet, whose residual blocks all cost the same, this is InfoPro's
+    equal-depth split). Raises UsageError (naming the config key) for impossible splits.
+    """
+    n = len(flops)
+    if split_points:
+        bad = [p for p in split_points if not 1 <= p < n]
+        if bad or sorted(set(split_points)) != list(split_points):
+            raise UsageError(f"config key 'split_points': {list(split_points)} must be increasing unit indices in "
+                             f"1..{n - 1} (the net has {n} units, 0-based)")
+        if num_modules is not None and num_modules != len(split_points) + 1:
+            raise UsageError(f"config key 'num_modules': {num_modules} contradicts split_points {list(split_points)} "
+                             f"({len(split_points) + 1} local modules); give one of them")
+        bounds = [0, *split_points, n]
+        return [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+    k = n if num_modules is None else num_modules
+    if not 1 <= k <= n:
+        raise UsageError(f"config key 'num_modules': {k} is outside 1..{n} (the net has {n} units)")
+    if k == n:
+        return [range(i, i + 1) for i in range(n)]
+    prefix = [0]
+    for f in flops:
+        prefix.append(prefix[-1] + f)
+    target = prefix[-1] / k
+    inf = float("inf")
+    # cost[j][i]: least squared deviation splitting units 0..i-1 into j modules; cut[j][i] the last module's start
+    cost = [[inf] * (n + 1) for _ in range(k + 1)]
+    cut = [[0] * (n + 1) for _ in range(k + 1)]
+    cost[0][0] = 0.0
+    for j in range(1, k + 1):
+        for i in range(j, n - (k - j) + 1):
+            for s in range(j - 1, i):
+                c = cost[j - 1][s] + (prefix[i] - prefix[s] - target) ** 2
+                if c < cost[j][i]:
+                    cost[j][i], cut[j][i] = c, s
+    bounds, i = [n], n
+    for j in range(k, 0, -1):
+        i = cut[j][i]
+        bounds.append(i)
+    bounds.reverse()
+    return [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 class GreedyNet(nn.Module):
-    """blocks[0..J-1], each with its auxiliary head; the net after stage j predicts with heads[j].
+    """blocks[0..J-1] (the local modules), each with its auxiliary net heads[j]; the net after stage j predicts
+    with heads[j]. `stem` is a parameter-free input transform (identity or space-to-depth) before blocks[0].
 
     `forward(x)` is the assembled model (all blocks, last head), as timm's `create_model` returns it.
+    `module_units[j]` names the units of local module j. A module of one unit is that unit itself (a plain net's
+    `blocks.0.conv.weight`); a module of several is a Sequential keyed by unit name, dots made underscores
+    (`blocks.0.stage1_block1.conv1.0.weight`; a timm unit 'layer1.0' is `blocks.0.layer1_0...`).
+
+    The constructor builds a plain net (Belilovsky et al. 2019) from its widths; `from_units` builds any chain.
     """
 
     def __init__(self, widths: list[int], num_classes: int, *, in_chans: int = 3, k: int = 2,
                  downsample: list[int] = (), downsample_mode: str = "space_to_depth", batchnorm: bool = True,
                  aux_width: int | None = None, pool_size: int = 2, input_downsample: bool = False,
-                 final_head: str = "auxiliary"):
+                 final_head: str = "auxiliary", aux: str = "cnn", num_modules: int | None = None,
+                 split_points: list[int] | None = None, img_size: int = 32):
         super().__init__()
-        self.num_classes = num_classes
-        self.stem = SpaceToDepth(2) if input_downsample else nn.Identity()
+        stem = SpaceToDepth(2) if input_downsample else None
         chans = in_chans * 4 if input_downsample else in_chans
-        self.blocks = nn.ModuleList()
-        self.heads = nn.ModuleList()
-        for j, width in enumerate(widths):
-            mode = downsample_mode if (j + 1) in downsample else None
-            self.blocks.append(ConvBlock(chans, width, downsample=mode, batchnorm=batchnorm))
-            if final_head == "vgg" and j == len(widths) - 1:
-                self.heads.append(VGGClassifier(width, num_classes))
-            else:
-                self.heads.append(AuxiliaryHead(width, num_classes, k=k, width=aux_width,
-                                                pool_size=pool_size, batchnorm=batchnorm))
-            chans = width
+        units = lambda: plain_units(chans, widths, downsample=downsample,  # noqa: E731
+                                    downsample_mode=downsample_mode, batchnorm=batchnorm)
+        self._assemble(units, num_classes, in_chans=in_chans, img_size=img_size, stem=stem,
+                       num_modules=num_modules, split_points=split_points, aux=aux, final_head=final_head,
+                       head_options={"k": k, "width": aux_width, "pool_size": pool_size, "batchnorm": batchnorm})
+
+    @classmethod
+    def from_units(cls, units: UnitSource, num_classes: int, *, in_chans: int, img_size: int,
+                   stem: nn.Module | None = None, num_modules: int | None = None, split_points: list[int] | None = None,
+                   aux: str = "cnn", final_head: str = "auxiliary", head_options: dict | None = None) -> GreedyNet:
+        """A GreedyNet from an ordered chain of (name, unit) pairs, e.g. a ResNet's stem and residual blocks or a
+        timm CNN's layers: split into local modules by `split_units`, an `aux` auxiliary net on each module but
+        the last, whose head is `final_head` ('auxiliary': another `aux`). `stem`: parameter-free input transform.
+        Input N x in_chans x img_size x img_size; `head_options`: k, width, pool_size, batchnorm.
+
+        `units` is a list of built units (e.g. a timm CNN's layers) or a function returning a fresh iterator that
+        builds them one at a time: then the chain is first built on the meta device (free, draws no random
+        numbers) to split it, and each head is built right after its module's last unit, so that a seeded plain
+        net draws its weights in the order it always has (block 1, head 1, block 2, ...)."""
+        net = cls.__new__(cls)
+        nn.Module.__init__(net)
+        net._assemble(units, num_classes, in_chans=in_chans, img_size=img_size, stem=stem, num_modules=num_modules,
+                      split_points=split_points, aux=aux, final_head=final_head, head_options=head_options or {})
+        return net
+
+    def _assemble(self, units: UnitSource, num_classes: int, *, in_chans: int, img_size: int, stem: nn.Module | None,
+                  num_modules: int | None, split_points: list[int] | None, aux: str, final_head: str,
+                  head_options: dict) -> None:
+        self.num_classes = num_classes
+        self.stem = stem if stem is not None else nn.Identity()
+        make = units if callable(units) else lambda: iter(units)
+        with torch.device("meta"):
+            plan = list(make())
+        try:
+            traces = trace_units(plan, (in_chans, img_size, img_size), stem)
+        except TooSmall as err:
+            if num_modules is not None and not split_points:
+                raise  # the FLOPs split needs every unit's FLOPs: the unit is all there is to name
+            j = 1 + sum(p <= err.unit for p in split_points) if split_points else err.unit + 1
+            raise TooSmall(err.size, err.unit, err.name, err.problem, j) from None
+        groups = split_units([t.flops for t in traces], num_modules, split_points)
+        self.module_units = [[plan[i][0] for i in group] for group in groups]
+        module_of_last = {group[-1]: j for j, group in enumerate(groups)}
+        built, self.heads = [], nn.ModuleList()
+        for i, unit in enumerate(make()):
+            built.append(unit)
+            if i in module_of_last:
+                j = module_of_last[i]
+                kind = final_head if j == len(groups) - 1 and final_head != "auxiliary" else aux
+                self.heads.append(create_head(kind, traces[i].out_shape[0], num_classes, **head_options))
+        self.blocks = nn.ModuleList(
+            built[group[0]][1] if len(group) == 1
+            else nn.Sequential(OrderedDict((built[i][0].replace(".", "_"), built[i][1]) for i in group))
+            for group in groups
+        )
 
     @property
     def num_stages(self) -> int:
@@ -66,43 +235,58 @@ class GreedyNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.heads[-1](self.forward_features(x)[-1])
 
+    def module_shapes(self, in_chans: int, img_size: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """(input shape, output shape) of every local module, (C, H, W) each, from a meta-device pass; every
+        head is run on its module's output too. Raises UsageError naming the module an input is too small for."""
+        x = _meta_call(self.stem, torch.zeros(2, in_chans, img_size, img_size, device="meta"))
+        shapes = []
+        for j, (block, head) in enumerate(zip(self.blocks, self.heads, strict=True)):
+            what = f"local module {j + 1} ({', '.join(self.module_units[j])})"
+            try:
+                y = _meta_call(block, x)
+                if y.numel() == 0:
+                    raise RuntimeError(f"empty output {_shape(y)}")
+                _meta_call(head, y)
+            except RuntimeError as err:
+                raise UsageError(f"input {in_chans}x{img_size}x{img_size} is too small for {what} or its auxiliary "
+                                 f"net ({str(err).splitlines()[0]}); use larger images or fewer downsampling layers"
+                                 ) from None
+            shapes.append((tuple(x.shape[1:]), tuple(y.shape[1:])))
+            x = y
+        return shapes
 
-def create_greedy_net(cfg: Config, *, num_classes: int, in_chans: int) -> GreedyNet:
-    return GreedyNet(
-        cfg.widths, num_classes, in_chans=in_chans, k=cfg.k, downsample=cfg.downsample,
-        downsample_mode=cfg.downsample_mode, batchnorm=cfg.batchnorm, aux_width=cfg.aux_width,
-        pool_size=cfg.pool_size, input_downsample=cfg.input_downsample, final_head=cfg.final_head,
+
+def net_units(cfg: Config, in_chans: int) -> Iterator[tuple[str, nn.Module]]:
+    """The ordered units `cfg.arch` describes, built as they are reached (`in_chans`: after the stem)."""
+    if cfg.arch == "resnet":
+        return resnet_units(in_chans, cfg.widths, cfg.depths, block=cfg.block, shortcut_kind=cfg.shortcut,
+                            stem_width=cfg.stem_width)
+    return plain_units(in_chans, cfg.widths, downsample=cfg.downsample, downsample_mode=cfg.downsample_mode,
+                       batchnorm=cfg.batchnorm)
+
+
+def create_greedy_net(cfg: Config, *, num_classes: int, in_chans: int, img_size: int | None = None) -> GreedyNet:
+    """The config's net for N x in_chans x img_size x img_size inputs (img_size None: cfg's, else the dataset's)."""
+    if img_size is None:
+        from greedy.data import dataset_info
+
+        img_size = cfg.img_size or dataset_info(cfg.dataset).img_size
+    stem = SpaceToDepth(2) if cfg.input_downsample else None
+    chans = in_chans * 4 if cfg.input_downsample else in_chans
+    return GreedyNet.from_units(
+        lambda: net_units(cfg, chans), num_classes, in_chans=in_chans, img_size=img_size, stem=stem,
+        num_modules=cfg.num_modules, split_points=cfg.split_points, aux=cfg.aux, final_head=cfg.final_head,
+        head_options={"k": cfg.k, "width": cfg.aux_width, "pool_size": cfg.pool_size, "batchnorm": cfg.batchnorm},
     )
 
 
-def check_shapes(net: GreedyNet, in_chans: int, img_size: int) -> list[tuple[int, ...]]:
-    """Each block's output shape (C, H, W) for a `in_chans x img_size x img_size` input, from a pass on the meta
-    device (no memory, no data); the heads are run on their block's output too.
-
-    Raises UsageError naming the first block (1-based) or head that cannot take its input, e.g. a 3x3 image before a
-    space-to-depth (which needs even sizes) or a 1x1 map before a 2x2 max-pool.
-    """
-    shapes = []
-    x = torch.zeros(2, in_chans, img_size, img_size, device="meta")  # 2: BatchNorm in train mode needs > 1 value
-    parts = [("the input stem", net.stem)] + [(f"block {j + 1}", b) for j, b in enumerate(net.blocks)]
-    with torch.no_grad():
-        for j, (name, module) in enumerate(parts):
-            shape = "x".join(map(str, x.shape[1:]))
-            try:
-                x = module.to("meta")(x)
-            except (RuntimeError, ValueError):
-                x = None
-            if x is None or min(x.shape[2:]) < 1:
-                raise UsageError(f"{name} cannot take its {shape} input (image size {img_size}); pass a larger "
-                                 "--img-size or fewer 'downsample' blocks")
-            if j > 0:
-                shapes.append(tuple(x.shape[1:]))
-                try:
-                    net.heads[j - 1].to("meta")(x)
-                except (RuntimeError, ValueError):
-                    raise UsageError(f"the auxiliary head of {name} cannot take its {'x'.join(map(str, x.shape[1:]))} "
-                                     f"input (image size {img_size}); pass a larger --img-size") from None
-    return shapes
+def check_shapes(cfg: Config, in_chans: int, img_size: int, num_classes: int = 10) -> list:
+    """Refuse, before training, inputs too small for the config's net: builds it on the meta device and runs
+    every local module and auxiliary net on an N x in_chans x img_size x img_size input. Returns the
+    (input, output) shape of every module; raises UsageError naming the unit or module that fails."""
+    with torch.device("meta"):
+        net = create_greedy_net(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    return net.module_shapes(in_chans, img_size)
 
 
 def stage_param_count(net: GreedyNet, j: int) -> dict[str, int]:
@@ -172,3 +356,13 @@ def greedy_imagenet_k3(pretrained: bool = False, **kwargs) -> GreedyNet:
 @register_model
 def greedy_vgg11_k3(pretrained: bool = False, **kwargs) -> GreedyNet:
     return _from_preset("vgg11_k3", pretrained, **kwargs)
+
+
+@register_model
+def greedy_cifar10_resnet32(pretrained: bool = False, **kwargs) -> GreedyNet:
+    return _from_preset("cifar10_resnet32", pretrained, **kwargs)
+
+
+@register_model
+def greedy_cifar10_resnet110(pretrained: bool = False, **kwargs) -> GreedyNet:
+    return _from_preset("cifar10_resnet110", pretrained, **kwargs)
