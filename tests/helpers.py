@@ -19,9 +19,17 @@ TINY = ["-c", "configs/digits_k2.yaml", "--widths", "16,16,32", "--downsample", 
         "--batch-size", "64", "--no-progress"]
 
 
+def user_env(**extra: str) -> dict[str, str]:
+    """This environment as a user's shell would have it: W&B disabled unless asked, and without the W&B service
+    that an in-process test may have started here (a child would share it, and a killed child's run would stay
+    open in it)."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **extra}
+
+
 def cli(script: str, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run `python script args` in the repo root, as a user would."""
-    full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = user_env(**(env or {}))
     proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -49,7 +57,7 @@ def tree_digest(path: Path) -> dict[str, str]:
 
 def start_train(*args: str, env: dict | None = None) -> subprocess.Popen:
     """Start `python train.py args` in the background (stderr kept, stdout dropped)."""
-    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    full_env = user_env(**(env or {}))
     return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=full_env)
 

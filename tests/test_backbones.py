@@ -185,7 +185,7 @@ def test_pretrained_offline_is_one_line(monkeypatch, tmp_path, capsys):
         timm_units("resnet18", pretrained=True, input_size=SIZE)
     assert str(err.value) == line
     with pytest.raises(SystemExit) as exit_:
-        run_cli(lambda: timm_units("resnet18", pretrained=True, input_size=SIZE) and 0)
+        run_cli(lambda argv: timm_units("resnet18", pretrained=True, input_size=SIZE) and 0)
     assert exit_.value.code == 2
     assert capsys.readouterr().err == f"error: {line}\n"
 
