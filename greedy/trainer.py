@@ -38,8 +38,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
         step_scheduler_with_optimizer=False,
     )
     if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        raise UsageError("config key 'mixed_precision': fp16 cannot run on a CPU (no fp16 autocast there); use "
-                         "--mixed-precision bf16 (works on CPU) or no")
+        raise UsageError("config key 'mixed_precision': fp16 does not run on a CPU (accelerate has no fp16 autocast "
+                         "there and would train in fp32); use --mixed-precision bf16 (works on CPU) or no")
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
     return accelerator

@@ -153,7 +153,7 @@ def test_resume_of_a_finished_run_touches_nothing(out, monkeypatch, capsys):
 def test_fp16_on_cpu_is_refused_by_the_cli(tmp_path):
     proc = cli("train.py", *TINY, "--mixed-precision", "fp16", "--out-dir", str(tmp_path), check=False)
     assert proc.returncode == 2
-    assert proc.stderr == ("error: config key 'mixed_precision': fp16 cannot run on a CPU (no fp16 autocast there); "
-                           "use --mixed-precision bf16 (works on CPU) or no\n")
+    assert proc.stderr == ("error: config key 'mixed_precision': fp16 does not run on a CPU (accelerate has no fp16 "
+                           "autocast there and would train in fp32); use --mixed-precision bf16 (works on CPU) or no\n")
     assert not any(tmp_path.iterdir())
 

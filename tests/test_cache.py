@@ -142,3 +142,18 @@ def test_advance_equals_prefix_and_train_order_equals_image_loader(tmp_path):
     assert torch.equal(cached_labels, image_labels)
     cache.close()
     assert not list(tmp_path.glob(".cache-*"))
+
+
+def test_cache_stores_what_the_block_really_computes_in():
+    """The auto storage dtype is measured under the run's autocast, not read from the config."""
+    from functools import partial
+
+    from greedy.cache import cache_dtype, computed_dtype
+
+    assert computed_dtype() == torch.float32
+    bf16 = computed_dtype(partial(torch.autocast, "cpu", dtype=torch.bfloat16))
+    assert bf16 == torch.bfloat16
+    assert cache_dtype(Config(mixed_precision="bf16"), bf16) == torch.bfloat16
+    # mixed precision named but not in effect (accelerate's CPU fp16): the block computes, and the cache stores, fp32
+    assert cache_dtype(Config(mixed_precision="fp16"), computed_dtype()) == torch.float32
+    assert cache_dtype(Config(cache_dtype="fp16"), torch.float32) == torch.float16  # explicit: stored narrow, upcast
