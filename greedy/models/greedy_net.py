@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from greedy.config import Config, build_config, load_yaml
 from greedy.errors import UsageError
+from greedy.models.backbones import TimmHead, timm_units
 from greedy.models.blocks import SpaceToDepth, plain_units, resnet_units
 from greedy.models.heads import create_head
 
@@ -164,10 +165,12 @@ class GreedyNet(nn.Module):
     @classmethod
     def from_units(cls, units: UnitSource, num_classes: int, *, in_chans: int, img_size: int,
                    stem: nn.Module | None = None, num_modules: int | None = None, split_points: list[int] | None = None,
-                   aux: str = "cnn", final_head: str = "auxiliary", head_options: dict | None = None) -> GreedyNet:
+                   aux: str = "cnn", final_head: str | nn.Module = "auxiliary",
+                   head_options: dict | None = None) -> GreedyNet:
         """A GreedyNet from an ordered chain of (name, unit) pairs, e.g. a ResNet's stem and residual blocks or a
         timm CNN's layers: split into local modules by `split_units`, an `aux` auxiliary net on each module but
-        the last, whose head is `final_head` ('auxiliary': another `aux`). `stem`: parameter-free input transform.
+        the last, whose head is `final_head` ('auxiliary': another `aux`; a module: that head itself, e.g. a timm
+        model's own classifier, backbones.TimmHead). `stem`: parameter-free input transform.
         Input N x in_chans x img_size x img_size; `head_options`: k, width, pool_size, batchnorm.
 
         `units` is a list of built units (e.g. a timm CNN's layers) or a function returning a fresh iterator that
@@ -181,7 +184,7 @@ class GreedyNet(nn.Module):
         return net
 
     def _assemble(self, units: UnitSource, num_classes: int, *, in_chans: int, img_size: int, stem: nn.Module | None,
-                  num_modules: int | None, split_points: list[int] | None, aux: str, final_head: str,
+                  num_modules: int | None, split_points: list[int] | None, aux: str, final_head: str | nn.Module,
                   head_options: dict) -> None:
         self.num_classes = num_classes
         self.stem = stem if stem is not None else nn.Identity()
@@ -203,6 +206,9 @@ class GreedyNet(nn.Module):
             built.append(unit)
             if i in module_of_last:
                 j = module_of_last[i]
+                if j == len(groups) - 1 and isinstance(final_head, nn.Module):
+                    self.heads.append(final_head)
+                    continue
                 kind = final_head if j == len(groups) - 1 and final_head != "auxiliary" else aux
                 self.heads.append(create_head(kind, traces[i].out_shape[0], num_classes, **head_options))
         self.blocks = nn.ModuleList(
@@ -256,8 +262,18 @@ class GreedyNet(nn.Module):
         return shapes
 
 
+def timm_backbone(cfg: Config, *, num_classes: int, in_chans: int, img_size: int) -> tuple[Units, TimmHead]:
+    """arch timm: timm model `cfg.model` (with `cfg.pretrained` weights) for N x in_chans x img_size x img_size
+    inputs, cut into its proven chain of units and its own head (backbones.timm_units). Built on the CPU with real
+    weights even under `with torch.device("meta")`: the chain is proven by running it."""
+    with torch.device("cpu"):
+        return timm_units(cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, in_chans=in_chans,
+                          input_size=(in_chans, img_size, img_size))
+
+
 def net_units(cfg: Config, in_chans: int) -> Iterator[tuple[str, nn.Module]]:
-    """The ordered units `cfg.arch` describes, built as they are reached (`in_chans`: after the stem)."""
+    """The ordered units `cfg.arch` describes (plain, resnet), built as they are reached (`in_chans`: after the
+    stem). arch timm builds a whole model at once: see timm_backbone."""
     if cfg.arch == "resnet":
         return resnet_units(in_chans, cfg.widths, cfg.depths, block=cfg.block, shortcut_kind=cfg.shortcut,
                             stem_width=cfg.stem_width)
@@ -273,9 +289,14 @@ def create_greedy_net(cfg: Config, *, num_classes: int, in_chans: int, img_size:
         img_size = cfg.img_size or dataset_info(cfg.dataset).img_size
     stem = SpaceToDepth(2) if cfg.input_downsample else None
     chans = in_chans * 4 if cfg.input_downsample else in_chans
+    units, final_head = (lambda: net_units(cfg, chans)), cfg.final_head
+    if cfg.arch == "timm":
+        size = img_size // 2 if cfg.input_downsample else img_size
+        units, timm_head = timm_backbone(cfg, num_classes=num_classes, in_chans=chans, img_size=size)
+        final_head = timm_head if cfg.final_head == "timm" else final_head
     return GreedyNet.from_units(
-        lambda: net_units(cfg, chans), num_classes, in_chans=in_chans, img_size=img_size, stem=stem,
-        num_modules=cfg.num_modules, split_points=cfg.split_points, aux=cfg.aux, final_head=cfg.final_head,
+        units, num_classes, in_chans=in_chans, img_size=img_size, stem=stem,
+        num_modules=cfg.num_modules, split_points=cfg.split_points, aux=cfg.aux, final_head=final_head,
         head_options={"k": cfg.k, "width": cfg.aux_width, "pool_size": cfg.pool_size, "batchnorm": cfg.batchnorm},
     )
 
