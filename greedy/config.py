@@ -19,7 +19,7 @@ from greedy.errors import UsageError
 
 MODES = ("greedy", "e2e", "decoupled")
 DOWNSAMPLE_MODES = ("space_to_depth", "maxpool")
-ARCHS = ("plain", "resnet")
+ARCHS = ("plain", "resnet", "timm")
 RESIDUAL_BLOCKS = ("basic", "bottleneck")
 SHORTCUTS = ("A", "B")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -63,7 +63,9 @@ class Config:
     strict_data: bool = False  # an unreadable image stops the run (exit 2) instead of being skipped and reported
 
     # architecture (data, not code: every shipped model is one of these)
-    arch: str = "plain"  # plain (conv blocks, Belilovsky et al. 2019) | resnet (CIFAR ResNet, He et al. 2016)
+    arch: str = "plain"  # plain (conv blocks, Belilovsky et al. 2019) | resnet (CIFAR ResNet, He et al. 2016) | timm
+    model: str | None = None  # arch timm: a timm CNN's name (resnet50, convnext_atto, ...), cut into local modules
+    pretrained: bool = False  # arch timm: start from timm's pretrained weights (fetched from the Hugging Face hub)
     block: str = "basic"  # resnet's residual block: basic (two 3x3) | bottleneck (1x1, 3x3, 1x1 x4 channels)
     shortcut: str = "A"  # resnet's shortcut where the shape changes: A (subsample, zero channels) | B (1x1 conv + BN)
     depths: list[int] = field(default_factory=list)  # resnet: residual blocks per stage ([5,5,5]: ResNet-32)
@@ -80,6 +82,7 @@ class Config:
     pool_size: int = 2  # auxiliary heads average-pool to pool_size x pool_size
     aux: str = "cnn"  # auxiliary net: cnn (k; the paper's) | mlp | mlp_sr (DGL's) | linear | vgg (models/heads.py)
     final_head: str = "auxiliary"  # last block's head: auxiliary (the aux kind) | linear (ResNet's) | vgg | any aux
+    # | timm (arch timm: the timm model's own classifier, so that the assembled net is exactly the timm model)
 
     # optimisation, per stage (greedy) or for the whole net (e2e)
     epochs: int = 10
@@ -107,7 +110,10 @@ class Config:
 
     @property
     def num_units(self) -> int:
-        """Units of the chain: a plain net's conv blocks, or a ResNet's stem and residual blocks."""
+        """Units of the chain: a plain net's conv blocks, or a ResNet's stem and residual blocks (arch timm: not
+        known before the model is built; validate() requires num_modules or split_points there)."""
+        if self.arch == "timm":
+            return self.num_modules or len(self.split_points) + 1
         return 1 + sum(self.depths) if self.arch == "resnet" else len(self.widths)
 
     @property
@@ -304,7 +310,7 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     _choice("block", cfg.block, RESIDUAL_BLOCKS)
     _choice("shortcut", cfg.shortcut, SHORTCUTS)
     _choice("aux", cfg.aux, tuple(HEADS))
-    _choice("final_head", cfg.final_head, ("auxiliary", *HEADS))
+    _choice("final_head", cfg.final_head, ("auxiliary", *HEADS, "timm"))
     _choice("mixed_precision", cfg.mixed_precision, MIXED_PRECISION)
     _choice("cache", cfg.cache, CACHE_MODES)
     _choice("cache_dtype", cfg.cache_dtype, CACHE_DTYPES)
@@ -334,6 +340,7 @@ def validate(cfg: Config, check_data: bool = True) -> None:
                              "first downsample by stride 2 (pass --downsample '')")
     elif cfg.depths:
         raise UsageError(f"config key 'depths': {cfg.depths} is for arch resnet (arch is {cfg.arch})")
+    _check_timm(cfg)
     if cfg.split_points and (cfg.split_points != sorted(set(cfg.split_points)) or cfg.split_points[0] < 1):
         raise UsageError(f"config key 'split_points': {cfg.split_points} must be increasing unit indices >= 1 "
                          "(0-based units where a new local module starts)")
@@ -349,6 +356,25 @@ def validate(cfg: Config, check_data: bool = True) -> None:
             f"data directory {cfg.data_dir} for dataset '{cfg.dataset}' does not exist; "
             "pass --data-dir PATH (or --download true for cifar10/cifar100/fashion_mnist)"
         )
+
+
+def _check_timm(cfg: Config) -> None:
+    """arch timm needs a model name and a number of local modules; model, pretrained and final_head timm need
+    arch timm. The name itself is checked when the model is built (backbones.timm_units)."""
+    if cfg.arch == "timm":
+        if not cfg.model:
+            raise UsageError("config key 'model': arch timm needs a timm model name (e.g. --model resnet18)")
+        if not cfg.num_modules and not cfg.split_points:
+            raise UsageError("config key 'num_modules': arch timm needs num_modules (or split_points): how many "
+                             "local modules to cut the timm model into")
+        return
+    for key, value in (("model", cfg.model), ("pretrained", cfg.pretrained)):
+        if value:
+            raise UsageError(f"config key '{key}': {value!r} is for arch timm (arch is {cfg.arch}); "
+                             "pass --arch timm or drop the key")
+    if cfg.final_head == "timm":
+        raise UsageError(f"config key 'final_head': 'timm' (the timm model's own classifier) is for arch timm "
+                         f"(arch is {cfg.arch})")
 
 
 def _check_optimizer(cfg: Config) -> None:

@@ -86,6 +86,25 @@ def dataset_info(dataset: str) -> DatasetInfo:
     return _DATASET_INFO[dataset]
 
 
+_PUBLISHED_STATS = {"fashion_mnist": _FASHION_MNIST_STATS, "cifar10": _CIFAR10_STATS, "cifar100": _CIFAR100_STATS}
+
+
+def dataset_stats(dataset: str, data_dir: str | Path = "data") -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel (mean, std) a run normalizes `dataset` with, for pixel values in [0, 1]: the published
+    statistics for Fashion-MNIST and CIFAR (as create_datasets uses them), timm's ImageNet statistics (the
+    ImageNet pipeline's Normalize), and for digits and fake the statistics of their training split, computed
+    here exactly as create_datasets does (digits: embedded in scikit-learn, a few milliseconds)."""
+    _check_choice("dataset", dataset, DATASETS)
+    if dataset == "imagenet":
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+    if dataset in _PUBLISHED_STATS:
+        return _PUBLISHED_STATS[dataset]
+    raw = _IN_MEMORY_LOADERS[dataset](Path(data_dir), False, None)
+    return _train_stats(raw.train_images, raw.max_value)
+
+
 class TensorImageDataset(Dataset):
     """In-memory images ``N x C x H x W`` with integer targets and an optional per-item tensor transform."""
 

@@ -21,7 +21,7 @@ def test_print_model_every_config(root, name, capsys, monkeypatch):
 
 def block_shapes(net, in_chans, size):
     with torch.no_grad():
-        return [tuple(f.shape[1:]) for f in net.forward_features(torch.zeros(1, in_chans, size, size, device="meta"))]
+        return [tuple(f.shape[1:]) for f in net.forward_blocks(torch.zeros(1, in_chans, size, size, device="meta"))]
 
 
 def test_paper_shapes():

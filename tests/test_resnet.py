@@ -65,7 +65,7 @@ def test_split_covers_every_unit_in_order_and_chains_to_the_same_forward(num_mod
         expected = x
         for _, unit in units:
             expected = unit(expected)
-        assert torch.equal(net.forward_features(x)[-1], expected)
+        assert torch.equal(net.forward_features(x), expected)
         assert torch.equal(net(x), net.heads[-1](expected))
 
 
@@ -83,7 +83,7 @@ def test_bottleneck_resnet_and_dotted_unit_names(shortcut):
     net = GreedyNet.from_units(units, 5, in_chans=3, img_size=8, num_modules=2, final_head="linear")
     assert net.module_units == [["layer0.0", "layer1.0"], ["layer2.0", "layer3.0"]]
     assert "blocks.1.layer2_0.conv3.0.weight" in net.state_dict()
-    assert [f.shape[1:] for f in net.forward_features(torch.randn(2, 3, 8, 8))] == [(16, 8, 8), (32, 4, 4)]
+    assert [f.shape[1:] for f in net.forward_blocks(torch.randn(2, 3, 8, 8))] == [(16, 8, 8), (32, 4, 4)]
 
 
 def test_plain_net_keeps_its_state_dict_names():

@@ -84,9 +84,19 @@ class TimmHead(nn.Module):
 
     def __init__(self, model: nn.Module, parts: list[Unit]):
         super().__init__()
+        self.part_names = [name for name, _ in parts]
         for name, module in parts:
             self.add_module(name.replace(".", "_"), module)
         object.__setattr__(self, "_model", model)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """The model's own reset_classifier (a new classifier, and pooling if given), its new modules owned."""
+        if global_pool is None:
+            self._model.reset_classifier(num_classes)
+        else:
+            self._model.reset_classifier(num_classes, global_pool)
+        for name in self.part_names:
+            self.add_module(name.replace(".", "_"), self._model.get_submodule(name))
 
     @property
     def model(self) -> nn.Module:

@@ -14,13 +14,15 @@ from itertools import chain
 from pathlib import Path
 
 import torch
-from timm.models import register_model
+from timm.models import build_model_with_cfg, register_model
+from timm.models._features import feature_take_indices
 from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from greedy.config import Config, build_config, load_yaml
 from greedy.errors import UsageError
+from greedy.models.backbones import TimmHead, timm_units
 from greedy.models.blocks import SpaceToDepth, plain_units, resnet_units
 from greedy.models.heads import create_head
 
@@ -164,10 +166,12 @@ class GreedyNet(nn.Module):
     @classmethod
     def from_units(cls, units: UnitSource, num_classes: int, *, in_chans: int, img_size: int,
                    stem: nn.Module | None = None, num_modules: int | None = None, split_points: list[int] | None = None,
-                   aux: str = "cnn", final_head: str = "auxiliary", head_options: dict | None = None) -> GreedyNet:
+                   aux: str = "cnn", final_head: str | nn.Module = "auxiliary",
+                   head_options: dict | None = None) -> GreedyNet:
         """A GreedyNet from an ordered chain of (name, unit) pairs, e.g. a ResNet's stem and residual blocks or a
         timm CNN's layers: split into local modules by `split_units`, an `aux` auxiliary net on each module but
-        the last, whose head is `final_head` ('auxiliary': another `aux`). `stem`: parameter-free input transform.
+        the last, whose head is `final_head` ('auxiliary': another `aux`; a module: that head itself, e.g. a timm
+        model's own classifier, backbones.TimmHead). `stem`: parameter-free input transform.
         Input N x in_chans x img_size x img_size; `head_options`: k, width, pool_size, batchnorm.
 
         `units` is a list of built units (e.g. a timm CNN's layers) or a function returning a fresh iterator that
@@ -181,7 +185,7 @@ class GreedyNet(nn.Module):
         return net
 
     def _assemble(self, units: UnitSource, num_classes: int, *, in_chans: int, img_size: int, stem: nn.Module | None,
-                  num_modules: int | None, split_points: list[int] | None, aux: str, final_head: str,
+                  num_modules: int | None, split_points: list[int] | None, aux: str, final_head: str | nn.Module,
                   head_options: dict) -> None:
         self.num_classes = num_classes
         self.stem = stem if stem is not None else nn.Identity()
@@ -203,8 +207,14 @@ class GreedyNet(nn.Module):
             built.append(unit)
             if i in module_of_last:
                 j = module_of_last[i]
+                if j == len(groups) - 1 and isinstance(final_head, nn.Module):
+                    self.heads.append(final_head)
+                    continue
                 kind = final_head if j == len(groups) - 1 and final_head != "auxiliary" else aux
                 self.heads.append(create_head(kind, traces[i].out_shape[0], num_classes, **head_options))
+        self.num_features = traces[groups[-1][-1]].out_shape[0]
+        self.feature_info = [{"num_chs": traces[g[-1]].out_shape[0], "module": f"blocks.{j}",
+                              "reduction": img_size // traces[g[-1]].out_shape[-1]} for j, g in enumerate(groups)]
         self.blocks = nn.ModuleList(
             built[group[0]][1] if len(group) == 1
             else nn.Sequential(OrderedDict((built[i][0].replace(".", "_"), built[i][1]) for i in group))
@@ -219,8 +229,8 @@ class GreedyNet(nn.Module):
         """The input stem and blocks 0..j-1: what stage j sees as its (frozen) input transform."""
         return nn.Sequential(self.stem, *self.blocks[:j])
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The output of every block."""
+    def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every local module (block), (N, C_j, H_j, W_j) each: what the heads see."""
         feats = []
         x = self.stem(x)
         for block in self.blocks:
@@ -230,10 +240,92 @@ class GreedyNet(nn.Module):
 
     def forward_heads(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The logits of every head, each on its own block's output."""
-        return [head(f) for head, f in zip(self.heads, self.forward_features(x), strict=True)]
+        return [head(f) for head, f in zip(self.heads, self.forward_blocks(x), strict=True)]
+
+    # --- timm's model interface (timm/models/resnet.py: forward_features, forward_head, forward_intermediates,
+    # get_classifier, reset_classifier, num_features, feature_info) -----------------------------------------
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_chans, H, W) -> the last local module's output (N, num_features, H', W'), as timm's."""
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The last head on forward_features' output: (N, num_classes) logits, or with `pre_logits` the
+        (N, F) features its classifier (get_classifier) takes."""
+        head = self.heads[-1]
+        if not pre_logits:
+            return head(x)
+        if isinstance(head, TimmHead):
+            return head.model.forward_head(x, pre_logits=True)
+        taken: list[torch.Tensor] = []
+        hook = _classifier(head)[1].register_forward_pre_hook(lambda _, args: taken.append(args[0]))
+        try:
+            head(x)
+        finally:
+            hook.remove()
+        return taken[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heads[-1](self.forward_features(x)[-1])
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's forward_intermediates over the local modules: the outputs (N, C_j, H_j, W_j) of the modules
+        `indices` selects (None: all; an int n: the last n; a list: those, negative from the end), and unless
+        `intermediates_only` the final features too (with `stop_early`, the output of the last module taken).
+        `norm` is accepted for the interface; these nets have no final norm. Only output_fmt NCHW."""
+        if output_fmt != "NCHW":
+            raise UsageError(f"output_fmt {output_fmt!r}: greedy nets give NCHW feature maps only")
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        intermediates = []
+        x = self.stem(x)
+        blocks = self.blocks[: max_index + 1] if stop_early or intermediates_only else self.blocks
+        for j, block in enumerate(blocks):
+            x = block(x)
+            if j in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def get_classifier(self) -> nn.Module:
+        """The last head's classifier: its final nn.Linear (for final_head timm, the timm model's)."""
+        head = self.heads[-1]
+        return head.model.get_classifier() if isinstance(head, TimmHead) else _classifier(head)[1]
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new, freshly initialized classifier with `num_classes` outputs on every head, the rest of each
+        head (and every block) unchanged.
+
+        Every head, not only the last: the auxiliary nets predict the same classes as the final head (the
+        per-stage accuracies, the paper's ensemble of heads and a later greedy stage all need that), and every
+        head's final Linear is listed in pretrained_cfg['classifier'], so that timm's loading with a different
+        num_classes drops all of them too. `global_pool` (timm's pooling name) applies to a final_head timm
+        only; the auxiliary nets' pooling is fixed by the config (aux, pool_size)."""
+        for head in self.heads:
+            if isinstance(head, TimmHead):
+                head.reset_classifier(num_classes, global_pool)
+            else:
+                if global_pool is not None and head is self.heads[-1]:
+                    raise UsageError(f"reset_classifier: global_pool {global_pool!r} applies to final_head timm; "
+                                     f"the last head here is {type(head).__name__}, whose pooling the config sets")
+                name, old = _classifier(head)
+                new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None,
+                                device=old.weight.device, dtype=old.weight.dtype)
+                head.set_submodule(name, new)
+        self.num_classes = num_classes
+
+    def classifier_names(self) -> tuple[str, ...]:
+        """The state-dict prefixes of every head's final Linear (`heads.0.fc`, ...): pretrained_cfg's
+        'classifier', the layers timm drops when it loads weights for a different num_classes."""
+        names = []
+        for j, head in enumerate(self.heads):
+            inner = _classifier(head)[0] if not isinstance(head, TimmHead) else next(
+                n for n, m in head.named_modules() if m is head.model.get_classifier())
+            names.append(f"heads.{j}.{inner}")
+        return tuple(names)
 
     def module_shapes(self, in_chans: int, img_size: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """(input shape, output shape) of every local module, (C, H, W) each, from a meta-device pass; every
@@ -256,8 +348,26 @@ class GreedyNet(nn.Module):
         return shapes
 
 
+def timm_backbone(cfg: Config, *, num_classes: int, in_chans: int, img_size: int) -> tuple[Units, TimmHead]:
+    """arch timm: timm model `cfg.model` (with `cfg.pretrained` weights) for N x in_chans x img_size x img_size
+    inputs, cut into its proven chain of units and its own head (backbones.timm_units). Built on the CPU with real
+    weights even under `with torch.device("meta")`: the chain is proven by running it."""
+    with torch.device("cpu"):
+        return timm_units(cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, in_chans=in_chans,
+                          input_size=(in_chans, img_size, img_size))
+
+
+def _classifier(head: nn.Module) -> tuple[str, nn.Linear]:
+    """(name in `head`, module) of a head's classifier: its last nn.Linear."""
+    linears = [(n, m) for n, m in head.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise TypeError(f"head {type(head).__name__} has no nn.Linear classifier")
+    return linears[-1]
+
+
 def net_units(cfg: Config, in_chans: int) -> Iterator[tuple[str, nn.Module]]:
-    """The ordered units `cfg.arch` describes, built as they are reached (`in_chans`: after the stem)."""
+    """The ordered units `cfg.arch` describes (plain, resnet), built as they are reached (`in_chans`: after the
+    stem). arch timm builds a whole model at once: see timm_backbone."""
     if cfg.arch == "resnet":
         return resnet_units(in_chans, cfg.widths, cfg.depths, block=cfg.block, shortcut_kind=cfg.shortcut,
                             stem_width=cfg.stem_width)
@@ -273,9 +383,14 @@ def create_greedy_net(cfg: Config, *, num_classes: int, in_chans: int, img_size:
         img_size = cfg.img_size or dataset_info(cfg.dataset).img_size
     stem = SpaceToDepth(2) if cfg.input_downsample else None
     chans = in_chans * 4 if cfg.input_downsample else in_chans
+    units, final_head = (lambda: net_units(cfg, chans)), cfg.final_head
+    if cfg.arch == "timm":
+        size = img_size // 2 if cfg.input_downsample else img_size
+        units, timm_head = timm_backbone(cfg, num_classes=num_classes, in_chans=chans, img_size=size)
+        final_head = timm_head if cfg.final_head == "timm" else final_head
     return GreedyNet.from_units(
-        lambda: net_units(cfg, chans), num_classes, in_chans=in_chans, img_size=img_size, stem=stem,
-        num_modules=cfg.num_modules, split_points=cfg.split_points, aux=cfg.aux, final_head=cfg.final_head,
+        units, num_classes, in_chans=in_chans, img_size=img_size, stem=stem,
+        num_modules=cfg.num_modules, split_points=cfg.split_points, aux=cfg.aux, final_head=final_head,
         head_options={"k": cfg.k, "width": cfg.aux_width, "pool_size": cfg.pool_size, "batchnorm": cfg.batchnorm},
     )
 
@@ -296,73 +411,153 @@ def stage_param_count(net: GreedyNet, j: int) -> dict[str, int]:
     return {"block": count(net.blocks[j]), "head": count(net.heads[j]), "model": blocks + count(net.heads[j])}
 
 
-def _from_preset(preset: str, pretrained: bool = False, **kwargs) -> GreedyNet:
-    """Build a shipped config's net; keyword arguments override config keys (num_classes, in_chans too)."""
+# --- timm registrations: built through timm's own build_model_with_cfg -------------------------------------------
+
+TIMM_OPTIONS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only", "out_indices",
+                "feature_cls")
+"""timm.create_model's options a greedy model takes, handled by timm.models.build_model_with_cfg."""
+
+
+def greedy_pretrained_cfg(cfg: Config, net: GreedyNet) -> dict:
+    """timm's pretrained_cfg for the config's net: what its weights expect. input_size (C, H, W) and num_classes
+    are the config's dataset's (img_size if set), mean/std the normalization a run of it uses
+    (data.dataset_stats), first_conv the net's first conv, classifier every head's final Linear
+    (GreedyNet.classifier_names). In-memory datasets are resized bilinearly and never cropped."""
+    from greedy.data import dataset_info, dataset_stats
+
+    info = dataset_info(cfg.dataset)
+    img_size = cfg.img_size or info.img_size
+    mean, std = dataset_stats(cfg.dataset, cfg.data_dir)
+    first_conv = next((n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)), None)
+    pretrained_cfg = {"input_size": (info.in_chans, img_size, img_size), "mean": tuple(mean), "std": tuple(std),
+                      "num_classes": cfg.num_classes or info.num_classes, "first_conv": first_conv,
+                      "classifier": net.classifier_names()}
+    if cfg.dataset != "imagenet":
+        pretrained_cfg.update(interpolation="bilinear", crop_pct=1.0)
+    return pretrained_cfg
+
+
+def _build(variant: str, values: dict, pretrained: bool, kwargs: dict, *, weights: Path | None = None,
+           fixed: bool = False) -> nn.Module:
+    """A registered greedy model, built through timm's `build_model_with_cfg` (timm/models/_builder.py): it
+    applies our pretrained_cfg, wraps `features_only` models (FeatureGetterNet over forward_intermediates, one
+    feature map per local module) and loads weights (pretrained_cfg 'file'; with another num_classes it drops
+    every classifier in pretrained_cfg['classifier'], and adapts first_conv to another in_chans).
+
+    `values`: config keys; `kwargs`: create_model's keyword arguments, config keys among them unless `fixed`
+    (a trained run's net cannot change shape). `weights`: the file `pretrained` loads. Raises UsageError."""
+    from greedy.config import FIELDS, coerce
     from greedy.data import dataset_info
 
-    if pretrained:
-        raise ValueError("greedy models have no pretrained weights; train one with train.py")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm factory options
-        kwargs.pop(key, None)
-    values = load_yaml(CONFIG_DIR / f"{preset}.yaml")
+    kwargs = dict(kwargs)
+    options = {k: kwargs.pop(k) for k in TIMM_OPTIONS if k in kwargs}
     num_classes, in_chans = kwargs.pop("num_classes", None), kwargs.pop("in_chans", None)
-    values.update(kwargs)
-    cfg = build_config(values, check_data=False)
+    unknown = [k for k in kwargs if fixed or k not in FIELDS]
+    if unknown:
+        takes = ("num_classes, in_chans and timm's pretrained/features options" if fixed else
+                 "config keys (see python train.py --help), num_classes, in_chans and timm's pretrained/features "
+                 "options")
+        raise UsageError(f"timm.create_model({variant!r}): unknown keyword {unknown[0]!r}; greedy models take {takes}")
+    cfg = build_config({**values, **{k: coerce(k, v) for k, v in kwargs.items()}}, check_data=False)
     info = dataset_info(cfg.dataset)
-    return create_greedy_net(cfg, num_classes=num_classes or cfg.num_classes or info.num_classes,
-                             in_chans=in_chans or info.in_chans)
+    num_classes, in_chans = num_classes or cfg.num_classes or info.num_classes, in_chans or info.in_chans
+    net = create_greedy_net(cfg, num_classes=num_classes, in_chans=in_chans)
+    pretrained_cfg = greedy_pretrained_cfg(cfg, net)
+    given = options.pop("pretrained_cfg", None)
+    if given is not None and not isinstance(given, dict):
+        raise UsageError(f"timm.create_model({variant!r}): pretrained_cfg must be a dict of entries (got {given!r})")
+    pretrained_cfg.update(given or {})
+    overlay = dict(options.pop("pretrained_cfg_overlay", None) or {})
+    if weights is not None:
+        overlay.setdefault("file", str(weights))
+    if pretrained and not any(overlay.get(k) or pretrained_cfg.get(k) for k in ("file", "url", "hf_hub_id")):
+        raise UsageError(f"timm.create_model({variant!r}, pretrained=True): greedy models have no published weights; "
+                         "load a trained run with timm.create_model('greedy_run', run_dir=..., pretrained=True)")
+    feature_cfg = {"feature_cls": "getter", "out_indices": tuple(range(net.num_stages))}
+    try:
+        return build_model_with_cfg(lambda **_: net, variant, pretrained, pretrained_cfg=pretrained_cfg,
+                                    pretrained_cfg_overlay=overlay, feature_cfg=feature_cfg,
+                                    num_classes=num_classes, in_chans=in_chans, **options)
+    except (RuntimeError, OSError) as err:
+        raise UsageError(f"timm.create_model({variant!r}): {' '.join(str(err).split())[:300]}") from err
+
+
+def _from_preset(preset: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """A shipped config's net (configs/<preset>.yaml); keyword arguments override config keys (num_classes,
+    in_chans too) and timm's options (features_only, out_indices, pretrained_cfg_overlay) apply."""
+    return _build(f"greedy_{preset}", load_yaml(CONFIG_DIR / f"{preset}.yaml"), pretrained, kwargs)
 
 
 @register_model
-def greedy_digits_k2(pretrained: bool = False, **kwargs) -> GreedyNet:
+def greedy_run(pretrained: bool = False, run_dir: str | Path | None = None, **kwargs) -> nn.Module:
+    """A trained run's net: `timm.create_model("greedy_run", run_dir="runs/NAME", pretrained=True)`.
+
+    Built from run_dir/config.yaml; `pretrained` loads run_dir/model.safetensors through timm's pretrained
+    machinery. With another `num_classes` every head's classifier is re-initialized (timm drops the layers
+    pretrained_cfg['classifier'] lists) and every other weight is the run's. Raises UsageError for a run_dir
+    that is not a finished run."""
+    from greedy.checkpoint import RunDir
+
+    if run_dir is None:
+        raise UsageError("timm.create_model('greedy_run'): pass run_dir='runs/NAME' (a directory made by train.py)")
+    run = RunDir.open(run_dir)
+    weights = run.path / "model.safetensors"
+    if pretrained and not weights.is_file():
+        raise UsageError(f"{run.path} has no model.safetensors (the run has not finished); finish it with "
+                         f"`python train.py --resume {run.path}` or pass pretrained=False")
+    return _build("greedy_run", load_yaml(run.config_path), pretrained, kwargs, weights=weights, fixed=True)
+
+
+@register_model
+def greedy_digits_k2(pretrained: bool = False, **kwargs) -> nn.Module:
     return _from_preset("digits_k2", pretrained, **kwargs)
 
 
 @register_model
-def greedy_fashion_mnist_k2(pretrained: bool = False, **kwargs) -> GreedyNet:
+def greedy_fashion_mnist_k2(pretrained: bool = False, **kwargs) -> nn.Module:
     return _from_preset("fashion_mnist_k2", pretrained, **kwargs)
 
 
 @register_model
-def greedy_cifar10_k1(pretrained: bool = False, **kwargs) -> GreedyNet:
+def greedy_cifar10_k1(pretrained: bool = False, **kwargs) -> nn.Module:
     return _from_preset("cifar10_k1", pretrained, **kwargs)
 
 
 @register_model
-def greedy_cifar10_k2(pretrained: bool = False, **kwargs) -> GreedyNet:
+def greedy_cifar10_k2(pretrained: bool = False, **kwargs) -> nn.Module:
     return _from_preset("cifar10_k2", pretrained, **kwargs)
 
 
 @register_model
-def greedy_cifar10_k3(pretrained: bool = False, **kwargs) -> GreedyNet:
+def greedy_cifar10_k3(pretrained: bool = False, **kwargs) -> nn.Module:
     return _from_preset("cifar10_k3", pretrained, **kwargs)
 
 
 @register_model
-def greedy_imagenet_k1(pretrained: bool = False, **kwargs) -> GreedyNet:
+def greedy_imagenet_k1(pretrained: bool = False, **kwargs) -> nn.Module:
     return _from_preset("imagenet_k1", pretrained, **kwargs)
 
 
 @register_model
-def greedy_imagenet_k2(pretrained: bool = False, **kwargs) -> GreedyNet:
+def greedy_imagenet_k2(pretrained: bool = False, **kwargs) -> nn.Module:
     return _from_preset("imagenet_k2", pretrained, **kwargs)
 
 
 @register_model
-def greedy_imagenet_k3(pretrained: bool = False, **kwargs) -> GreedyNet:
+def greedy_imagenet_k3(pretrained: bool = False, **kwargs) -> nn.Module:
     return _from_preset("imagenet_k3", pretrained, **kwargs)
 
 
 @register_model
-def greedy_vgg11_k3(pretrained: bool = False, **kwargs) -> GreedyNet:
+def greedy_vgg11_k3(pretrained: bool = False, **kwargs) -> nn.Module:
     return _from_preset("vgg11_k3", pretrained, **kwargs)
 
 
 @register_model
-def greedy_cifar10_resnet32(pretrained: bool = False, **kwargs) -> GreedyNet:
+def greedy_cifar10_resnet32(pretrained: bool = False, **kwargs) -> nn.Module:
     return _from_preset("cifar10_resnet32", pretrained, **kwargs)
 
 
 @register_model
-def greedy_cifar10_resnet110(pretrained: bool = False, **kwargs) -> GreedyNet:
+def greedy_cifar10_resnet110(pretrained: bool = False, **kwargs) -> nn.Module:
     return _from_preset("cifar10_resnet110", pretrained, **kwargs)
