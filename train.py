@@ -76,19 +76,18 @@ def resolve_config(args) -> tuple[Config, RunDir | None]:
 def print_model(cfg: Config) -> None:
     info = dataset_info(cfg.dataset)
     img_size = cfg.img_size or info.img_size
-    check_model_shapes(cfg)
-    with torch.device("meta"):
-        net = create_greedy_net(cfg, num_classes=cfg.num_classes or info.num_classes, in_chans=info.in_chans,
-                                img_size=img_size)
+    net = check_model_shapes(cfg)
     print(f"{cfg.dataset}: input {info.in_chans}x{img_size}x{img_size}, {cfg.arch}, {cfg.mode}, "
-          f"{net.num_stages} local modules, aux {cfg.aux} (k={cfg.k}), final head {cfg.final_head}")
+          f"{net.num_stages} local modules, aux {cfg.aux}{f' (k={cfg.k})' if cfg.aux == 'cnn' else ''}, "
+          f"final head {cfg.final_head}")
     print(format_table(describe_model(net, info.in_chans, img_size)))
 
 
-def check_model_shapes(cfg: Config) -> None:
-    """Refuse, before any work, a net the dataset's images are too small for (a pass on the meta device)."""
+def check_model_shapes(cfg: Config):
+    """The config's net on the meta device (no memory, no data; a timm backbone is built for real to prove its
+    chain), after refusing, before any work, images too small for it (one line naming the module)."""
     info = dataset_info(cfg.dataset)
-    check_shapes(cfg, info.in_chans, cfg.img_size or info.img_size, cfg.num_classes or info.num_classes)
+    return check_shapes(cfg, info.in_chans, cfg.img_size or info.img_size, cfg.num_classes or info.num_classes)
 
 
 def stage_loaders(cfg: Config, data: DataBundle, stage: Stage, cache: FeatureCache | None, net) -> tuple:

@@ -395,13 +395,14 @@ def create_greedy_net(cfg: Config, *, num_classes: int, in_chans: int, img_size:
     )
 
 
-def check_shapes(cfg: Config, in_chans: int, img_size: int, num_classes: int = 10) -> list:
-    """Refuse, before training, inputs too small for the config's net: builds it on the meta device and runs
-    every local module and auxiliary net on an N x in_chans x img_size x img_size input. Returns the
-    (input, output) shape of every module; raises UsageError naming the unit or module that fails."""
+def check_shapes(cfg: Config, in_chans: int, img_size: int, num_classes: int = 10) -> GreedyNet:
+    """The config's net on the meta device (no memory; a timm backbone is built for real to prove its chain), after
+    running every local module and auxiliary net on an N x in_chans x img_size x img_size input: refuses, before
+    training, inputs too small for it (UsageError naming the unit or module that fails)."""
     with torch.device("meta"):
         net = create_greedy_net(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
-    return net.module_shapes(in_chans, img_size)
+    net.module_shapes(in_chans, img_size)
+    return net
 
 
 def stage_param_count(net: GreedyNet, j: int) -> dict[str, int]:
