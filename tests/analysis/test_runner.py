@@ -181,3 +181,18 @@ def test_head_hidden_layers_are_probed_with_heads():
     assert [e["layer"] for e in res["information"]["layers"]] == names[1:]
     assert [e["layer"] for e in res["regions"]["layers"]] == ["block1", "block2"]  # blocks only
     assert [m["model"] for m in res["noise"]["models"]] == ["head1", "final"]
+
+
+def test_analysis_takes_each_local_module_of_a_residual_net(tmp_path):
+    """A ResNet cut into 3 local modules: every probe family reports each module's output."""
+    cli("train.py", "-c", "configs/digits_resnet.yaml", "--epochs", "1", "--num-modules", "3", "--no-progress",
+        "--out-dir", str(tmp_path), "--name", "res", env=ENV)
+    cli("evaluate.py", str(tmp_path / "res"), "--analysis", "all", *SMALL, env=ENV)
+    analysis = json.loads((tmp_path / "res" / "analysis.json").read_text())
+    res = analysis["runs"][0]["results"]
+    for fam, first in PER_DEPTH.items():
+        if fam != "cka":
+            assert [e["depth"] for e in res[fam]["layers"]] == list(range(first, 4)), fam
+    assert sorted({e["depth"] for e in res["spectrum"]["layers"]}) == [1, 2, 3]
+    assert all(math.isfinite(v) for v in _numbers(analysis))
+    assert {p.stem for p in (tmp_path / "res" / "analysis").glob("*.png")} >= PNGS - {"cka_compare"}
