@@ -127,6 +127,7 @@ class Cost:
     peak_activation_bytes: int  # bytes saved for backward in one training step, max over stages / parts
     epochs: int
     cached: bool
+    piece_activation_bytes: tuple[int, ...] = ()  # the same, per greedy stage / decoupled part (e2e: one)
 
     @property
     def train_flops(self) -> float:
@@ -233,8 +234,10 @@ def _saved_bytes(prefix: nn.Module, part: nn.Module, shape: tuple[int, ...], bat
     return saved_tensor_bytes(step, weights)
 
 
-def activation_bytes(cfg: Config, mode: str, batch: int | None = None) -> int:
-    """Peak bytes saved for backward in one training step at the config's batch size, max over the pieces.
+def piece_activation_bytes(cfg: Config, mode: str, batch: int | None = None) -> list[int]:
+    """Bytes saved for backward in one training step at the config's batch size, per separately backpropagated
+    piece: each greedy stage (block j + head j), each decoupled part, or the whole e2e net (InfoPro's way of
+    reporting the memory of local learning, Wang et al. ICLR 2021).
 
     Measured at batches of 2 and 4 and extrapolated: saved activations are affine in the batch size (per-image
     tensors plus per-channel BatchNorm statistics), so this equals a direct measurement at full batch.
@@ -242,11 +245,16 @@ def activation_bytes(cfg: Config, mode: str, batch: int | None = None) -> int:
     batch = batch or cfg.batch_size
     net, shape, num_classes = _net(cfg, "meta")
     autocast = autocast_dtype(cfg)
-    peak = 0
+    result = []
     for prefix, part in _pieces(net, mode):
         small, large = (_saved_bytes(prefix, part, shape, b, num_classes, autocast) for b in (2, 4))
-        peak = max(peak, small + (large - small) * (batch - 2) // 2)
-    return peak
+        result.append(small + (large - small) * (batch - 2) // 2)
+    return result
+
+
+def activation_bytes(cfg: Config, mode: str, batch: int | None = None) -> int:
+    """Peak bytes saved for backward in one training step at the config's batch size, max over the pieces."""
+    return max(piece_activation_bytes(cfg, mode, batch))
 
 
 def measure_cost(cfg: Config, n_train: int) -> Cost:
@@ -262,7 +270,8 @@ def measure_cost(cfg: Config, n_train: int) -> Cost:
     else:  # e2e, decoupled: only the stem runs outside the trained parts (decoupled parts get detached inputs)
         step, cache = trained + pieces[0][0], 0.0
     step, cache = step * n_train * epochs, cache * n_train
-    return Cost(step, cache, n_train * epochs, activation_bytes(cfg, mode), epochs, cached)
+    pieces_bytes = tuple(piece_activation_bytes(cfg, mode))
+    return Cost(step, cache, n_train * epochs, max(pieces_bytes), epochs, cached, pieces_bytes)
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -413,6 +422,22 @@ def depth_table(groups: list[Group]) -> str:
         if g.mode == "e2e":  # only the last head is trained
             cells = ["—"] * (stages - 1) + cells
         lines.append("| " + " | ".join([g.mode, str(g.k), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def memory_table(groups: list[Group]) -> str:
+    """MiB saved for backward in one training step of each greedy stage / decoupled part, and of the e2e net."""
+    pieces = max(len(g.cost.piece_activation_bytes) for g in groups)
+    head = ["mode", "k", *(f"module {j + 1}" for j in range(pieces)), "max", "vs e2e"]
+    e2e = {g.k: g.cost.peak_activation_bytes for g in groups if g.mode == "e2e"}
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in groups:
+        sizes = [f"{b / 2**20:.1f}" for b in g.cost.piece_activation_bytes]
+        if g.mode == "e2e":
+            sizes = ["—"] * (pieces - 1) + ["(whole net)"]
+        ratio = f"{g.cost.peak_activation_bytes / e2e[g.k]:.2f}x" if g.k in e2e else "—"
+        cells = [g.mode, str(g.k), *sizes, f"{g.cost.peak_activation_bytes / 2**20:.1f}", ratio]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

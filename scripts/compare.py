@@ -276,6 +276,10 @@ def report_markdown(plan: Plan, groups: list[Group], rows: list[dict[str, Any]],
         compare.markdown_table(rows), "",
         "Test accuracy of each stage's head (e2e trains only the last one):", "",
         compare.depth_table(groups), "",
+        "Activation memory: MiB saved for backward in one training step of each piece that is backpropagated on "
+        "its own (greedy: block j + its auxiliary net; decoupled: each block + its auxiliary net, on the detached "
+        "output of the block before; e2e: the whole net), at the config's batch size:", "",
+        compare.memory_table(groups), "",
         "- *best stage*: the stage whose head has the best mean test accuracy (greedy, decoupled).",
         "- *ensemble*: the paper's ensemble of all heads (softmax outputs weighted by 2^j).",
         "- *train s*: the epochs of all stages including the per-epoch test evaluation (summary.json "

@@ -70,6 +70,12 @@ def test_table_csv_and_plots(experiment):
     table = (folder / "comparison.md").read_text()
     assert table.count("| greedy | 1 | 2 |") == 1 and "| e2e | 1 | 2 |" in table and "| decoupled | 1 | 2 |" in table
     assert "budget per_stage" in table and "¹ greedy trains on cached features" in table
+    memory = table.split("Activation memory")[1].split("\n\n")[1].splitlines()
+    assert memory[0] == "| mode | k | module 1 | module 2 | module 3 | max | vs e2e |"
+    cells = {row.split(" | ")[0].strip("| "): row.strip("| ").split(" | ")[2:] for row in memory[2:]}
+    assert cells["greedy"] == cells["decoupled"]  # a stage and a decoupled part save the same: one block's
+    assert [float(c) for c in cells["greedy"][:3]] and float(cells["greedy"][3]) == max(map(float, cells["greedy"][:3]))
+    assert float(cells["greedy"][4].rstrip("x")) < 1 and cells["e2e"][:3] == ["—", "—", "(whole net)"]
     for name in PLOTS:
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     commands = [(folder / "logs" / f"{name}.log").read_text().splitlines()[0] for name in RUNS]
