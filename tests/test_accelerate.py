@@ -32,3 +32,14 @@ def test_bf16_close_to_fp32(single_process, tmp_path):
     cli("train.py", *TINY, "--mixed-precision", "bf16", "--out-dir", str(tmp_path), "--name", "bf16")
     result = summary(tmp_path / "bf16")
     assert abs(result["final_test_acc"] - single_process["final_test_acc"]) <= 0.015
+
+
+def test_two_processes_train_a_residual_net_in_local_modules(tmp_path):
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    cli(*launch, "train.py", "-c", "configs/digits_resnet.yaml", "--num-modules", "2", "--epochs", "2",
+        "--batch-size", "32", "--no-progress", "--out-dir", str(tmp_path), "--name", "res",
+        env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+    result = summary(tmp_path / "res")
+    assert result["num_processes"] == 2 and len(set(result["rank_weight_digests"])) == 1
+    assert len(result["stage_test_acc"]) == 2 and result["final_test_acc"] > 0.5  # chance is 0.1

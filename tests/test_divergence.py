@@ -4,13 +4,15 @@ import json
 import math
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
-from tests.helpers import cli
+import train
+from greedy import trainer
+from greedy.errors import exit_code
+from tests.helpers import TINY, cli
 
-# Stage 1 (8 channels) survives this learning rate; stage 2 (128 channels) diverges in its second epoch.
-DIVERGES_IN_STAGE2 = ["-c", "configs/digits_k2.yaml", "--widths", "8,128,128", "--downsample", "3", "--epochs", "2",
-                      "--batch-size", "64", "--lr", "1.5", "--no-progress"]
+STEPS = 23  # TINY: 1,437 digits in batches of 64
 
 
 def strict_json(text: str):
@@ -20,43 +22,59 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-@pytest.fixture(scope="module")
-def diverged(tmp_path_factory):
-    out = tmp_path_factory.mktemp("diverged")
-    proc = cli("train.py", *DIVERGES_IN_STAGE2, "--out-dir", str(out), "--name", "run", check=False)
-    return out, proc
+def saved_tensors(run):
+    return [t for f in run.rglob("*.safetensors") for t in load_file(str(f)).values() if t.is_floating_point()]
 
 
-def test_stops_at_the_first_non_finite_loss(diverged):
-    out, proc = diverged
+def test_a_real_divergence_stops_the_cli_and_resume_with_another_lr_is_refused(tmp_path):
+    proc = cli("train.py", *TINY, "--lr", "1e6", "--out-dir", str(tmp_path), "--name", "run", check=False)
     assert proc.returncode == 3
+    assert proc.stderr.startswith("error: stage1 diverged: the loss became non-finite at epoch 1, step ")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("error: stage2 diverged: the loss became non-finite at epoch 2, step ")
-    metrics = [strict_json(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    run = tmp_path / "run"
+    assert not saved_tensors(run) and not (run / "summary.json").exists()  # nothing finished, nothing written
+    resume = cli("train.py", "--resume", str(run), "--lr", "0.05", check=False)
+    assert resume.returncode == 2
+    assert resume.stderr == (f"error: --resume {run}: --lr 0.05 contradicts the saved config (lr: 1000000.0); drop "
+                             "the override or start a new run\n")
+    cli("train.py", *TINY, "--lr", "0.05", "--out-dir", str(tmp_path), "--name", "fresh")
+    assert strict_json((tmp_path / "fresh" / "summary.json").read_text())["final_test_acc"] > 0.5
+
+
+@pytest.fixture(scope="module")
+def nan_in_stage2(tmp_path_factory):
+    """An in-process run whose loss turns NaN at stage 2, epoch 2, step 5 (fault injection: deterministic)."""
+    out = tmp_path_factory.mktemp("nan")
+    real, calls = trainer.F.cross_entropy, {"n": 0}
+    bad_call = 3 * STEPS + STEPS + 5  # stage 1's 3 epochs, stage 2's first, then step 5
+
+    def cross_entropy(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == bad_call else loss
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer.F, "cross_entropy", cross_entropy)
+        code = exit_code(train.main, [*TINY, "--out-dir", str(out), "--name", "run"])
+    return out / "run", code
+
+
+def test_stops_at_the_first_non_finite_loss_naming_stage_epoch_step(nan_in_stage2, capsys):
+    run, code = nan_in_stage2
+    assert code == 3
+    metrics = [strict_json(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # every finished epoch is recorded, the diverged one is not: the run stopped inside it
-    assert [(r["stage"], r["epoch"]) for r in metrics] == [(1, 1), (1, 2), (2, 1)]
+    assert [(r["stage"], r["epoch"]) for r in metrics] == [(1, 1), (1, 2), (1, 3), (2, 1)]
     assert all(math.isfinite(r["loss"]) for r in metrics)
 
 
-def test_keeps_finished_stages_and_the_last_good_state_all_finite(diverged):
-    out, _ = diverged
-    run = out / "run"
+def test_keeps_finished_stages_and_the_last_good_state_all_finite(nan_in_stage2):
+    run, _ = nan_in_stage2
     assert not (run / "summary.json").exists() and not (run / "model.safetensors").exists()
     assert (run / "stage1.safetensors").exists() and not (run / "stage2.safetensors").exists()
-    assert (run / "state-s1-e0" / "COMPLETE").exists()  # resumable from stage 2, epoch 1
-    tensors = [t for f in run.rglob("*.safetensors") for t in load_file(str(f)).values()]
-    assert tensors and all(t.isfinite().all() for t in tensors if t.is_floating_point())
-
-
-def test_resume_with_another_lr_is_refused_and_a_fresh_run_works(diverged, tmp_path):
-    out, _ = diverged
-    proc = cli("train.py", "--resume", str(out / "run"), "--lr", "0.05", check=False)
-    assert proc.returncode == 2
-    assert proc.stderr == (f"error: --resume {out / 'run'}: --lr 0.05 contradicts the saved config (lr: 1.5); drop "
-                           "the override or start a new run\n")
-    args = [a if a != "1.5" else "0.05" for a in DIVERGES_IN_STAGE2]
-    cli("train.py", *args, "--out-dir", str(tmp_path), "--name", "fresh")
-    assert strict_json((tmp_path / "fresh" / "summary.json").read_text())["final_test_acc"] > 0.5
+    assert [p.name for p in run.glob("state-*")] == ["state-s1-e0"] and (run / "state-s1-e0" / "COMPLETE").exists()
+    tensors = saved_tensors(run)
+    assert tensors and all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def test_nan_in_a_record_is_written_as_null(tmp_path):
@@ -69,3 +87,18 @@ def test_nan_in_a_record_is_written_as_null(tmp_path):
                                                                       "test_acc": None}
     assert strict_json((tmp_path / "summary.json").read_text()) == {"rows": [{"test_acc": None}]}
 
+
+def test_the_message_names_the_stage_epoch_and_step(tmp_path, capsys):
+    real, calls = trainer.F.cross_entropy, {"n": 0}
+
+    def cross_entropy(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs) * (float("inf") if calls["n"] == STEPS + 7 else 1.0)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer.F, "cross_entropy", cross_entropy)
+        assert exit_code(train.main, [*TINY, "--out-dir", str(tmp_path), "--name", "run"]) == 3
+    assert capsys.readouterr().err == (
+        "error: stage1 diverged: the loss became non-finite at epoch 2, step 7 (global step 30); training stopped, "
+        "finished stages and the last complete epoch's state are kept; lower --lr (or add --warmup-epochs) and start "
+        "a new run\n")
