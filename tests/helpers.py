@@ -74,3 +74,16 @@ def kill_during_stage2(proc: subprocess.Popen, run: Path, min_epoch: int = 2, ti
             return
         time.sleep(0.01)
     raise AssertionError(f"run ended or hung before stage 2 (rc={proc.poll()}): {proc.stderr.read().decode()}")
+
+
+def assert_first_module_frozen(run: Path) -> None:
+    """Local module 1's weights and BatchNorm statistics in the final model are bit-identical to stage 1's file."""
+    import torch
+    from safetensors.torch import load_file
+
+    first = {k: v for k, v in load_file(run / "stage1.safetensors").items() if k.startswith("blocks.0.")}
+    final = load_file(run / "model.safetensors")
+    assert any(k.endswith("running_mean") for k in first) and any(k.endswith("num_batches_tracked") for k in first)
+    assert {k for k in final if k.startswith("blocks.0.")} == set(first)
+    for key, value in first.items():
+        assert torch.equal(final[key], value), key

@@ -5,14 +5,13 @@ import json
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file
 
 import train
 from greedy.config import build_config, load_yaml
 from greedy.models import GreedyNet, create_greedy_net, split_units
 from greedy.models.blocks import resnet_units
 from greedy.models.heads import HEADS, create_head
-from tests.helpers import cli
+from tests.helpers import assert_first_module_frozen, cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY_RESNET = ["-c", "configs/digits_resnet.yaml", "--epochs", "2", "--no-progress"]
@@ -156,12 +155,7 @@ def greedy_resnet_run(tmp_path_factory):
 
 def test_frozen_residual_module_bit_identical_after_stage_2(greedy_resnet_run):
     run = greedy_resnet_run
-    first = {k: v for k, v in load_file(run / "stage1.safetensors").items() if k.startswith("blocks.0.")}
-    final = load_file(run / "model.safetensors")
-    assert any(k.endswith("running_mean") for k in first) and any(k.endswith("num_batches_tracked") for k in first)
-    assert {k for k in final if k.startswith("blocks.0.")} == set(first)
-    for key, value in first.items():
-        assert torch.equal(final[key], value), key
+    assert_first_module_frozen(run)
     summary = json.loads((run / "summary.json").read_text())
     assert [r["stage"] for r in summary["rows"]] == [1, 2]
 

@@ -12,6 +12,7 @@ from greedy.config import build_config, load_yaml
 from greedy.errors import exit_code
 from greedy.models import create_greedy_net
 from greedy.models.backbones import TimmHead
+from tests.helpers import assert_first_module_frozen
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY_TIMM = ["-c", "configs/digits_timm_resnet.yaml", "--epochs", "2", "--no-progress"]
@@ -35,12 +36,7 @@ def test_greedy_timm_resnet_trains_above_chance(greedy_timm_run):
 
 
 def test_frozen_timm_module_bit_identical_after_stage_2(greedy_timm_run):
-    first = {k: v for k, v in load_file(greedy_timm_run / "stage1.safetensors").items() if k.startswith("blocks.0.")}
-    final = load_file(greedy_timm_run / "model.safetensors")
-    assert any(k.endswith("running_mean") for k in first) and any(k.endswith("num_batches_tracked") for k in first)
-    assert {k for k in final if k.startswith("blocks.0.")} == set(first)
-    for key, value in first.items():
-        assert torch.equal(final[key], value), key
+    assert_first_module_frozen(greedy_timm_run)
 
 
 def test_saved_run_round_trips_with_the_timm_head(greedy_timm_run):
