@@ -245,7 +245,7 @@ def plot_spectrum(runs: list[Run], path: Path) -> None:
                     linestyle="none")
         ax.plot([], [], "o", color=color, label=run["label"])
     few = runs[0]["results"]["spectrum"]["settings"]["min_eigs_reliable"]
-    ax.plot([], [], "o", color="gray", markerfacecolor="none", label=f"< {few} eigenvalues (unreliable)")
+    ax.plot([], [], "o", color="gray", markerfacecolor="none", label=f"< {few} eigenvalues: fit means little")
     ax.plot([], [], "x", color="gray", label="untrained head")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     alphas = [e["alpha"] for run in runs for e in run["results"]["spectrum"]["layers"] if e.get("alpha")]

@@ -37,11 +37,9 @@ from greedy.analysis.representations import (
 )
 from greedy.analysis.robustness import noise_error_rates
 from greedy.analysis.similarity import cka_matrix
-from greedy.analysis.spectrum import weight_alpha
+from greedy.analysis.spectrum import WW_MIN_EVALS, WW_SMALL_N, weight_alpha
 from greedy.data import DataBundle
 from greedy.models import GreedyNet
-
-MIN_EIGS = 20  # fewer eigenvalues than this: alpha is reported but flagged unreliable
 
 
 @dataclass
@@ -364,21 +362,28 @@ def _weight_modules(net: GreedyNet) -> list[tuple[str, str, int, nn.Module]]:
 
 
 def probe_spectrum(ctx: Context) -> dict[str, Any]:
-    """Power-law exponent alpha of every conv/linear weight's ESD (Martin & Mahoney 2021)."""
+    """Power-law exponent alpha of every conv/linear weight's ESD (Martin & Mahoney 2021), fitted as weightwatcher
+    0.7.7's `analyze()` fits it; fits on fewer than WW_SMALL_N eigenvalues are flagged (`reliable: false`), layers
+    with fewer than WW_MIN_EVALS are not fitted (weightwatcher skips them), and `mean_alpha` averages the reliable
+    fits of trained layers only."""
     layers = []
     for name, part, depth, m in _weight_modules(ctx.net):
         entry = {"layer": name, "depth": depth, "kind": part, "shape": list(m.weight.shape),
                  "trained": part == "block" or depth in ctx.trained_heads}
         try:
             fit = weight_alpha(m.weight)
-            entry.update({k: float(v) for k, v in fit.items()}, reliable=fit["n"] >= MIN_EIGS)
+            entry.update({k: float(v) for k, v in fit.items() if k != "small_n"}, reliable=not fit["small_n"])
         except ValueError as err:
             entry.update(alpha=None, reliable=False, error=str(err))
         layers.append(entry)
-    return {"settings": {"conv": "slices", "min_eigs_reliable": MIN_EIGS}, "layers": layers,
-            "notes": "ESD of W^T W / N, conv kernels as kh*kw slices pooled (weightwatcher's default); alpha from "
-                     "fewer than min_eigs_reliable eigenvalues is flagged unreliable; 2 < alpha < 6 is the "
-                     "range Martin & Mahoney associate with well-trained layers"}
+    kept = [e["alpha"] for e in layers if e["reliable"] and e["trained"]]
+    return {"settings": {"conv": "slices", "min_eigs_reliable": WW_SMALL_N, "min_eigs_fitted": WW_MIN_EVALS,
+                         "fit": "weightwatcher 0.7.7 analyze() defaults"},
+            "layers": layers, "mean_alpha": float(np.mean(kept)) if kept else None,
+            "notes": f"ESD of W^T W / N, conv kernels as kh*kw slices pooled (weightwatcher's default); a fit on "
+                     f"fewer than {WW_SMALL_N} eigenvalues (weightwatcher's small-N cutoff) means little: flagged "
+                     f"reliable=false, drawn hollow and left out of mean_alpha; fewer than {WW_MIN_EVALS}: not "
+                     "fitted; 2 < alpha < 6 is the range Martin & Mahoney associate with well-trained layers"}
 
 
 def probe_noise(ctx: Context) -> dict[str, Any]:

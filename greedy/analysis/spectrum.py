@@ -39,60 +39,73 @@ def esd(W: ArrayLike, conv: str = "slices") -> np.ndarray:
     return np.sort(np.concatenate(evals))
 
 
-def fit_power_law(
-    evals: ArrayLike, xmin: float | None = None, min_tail: int = 2, rtol: float = 1e-10
-) -> dict[str, float]:
-    """Continuous power-law MLE of the tail of `evals`, x_min by minimal KS distance unless given.
+# weightwatcher 0.7.7's defaults (WeightWatcher.analyze and its WW_powerlaw.WWFit), followed exactly so that every
+# layer weightwatcher analyzes gets the same alpha here.
+WW_EVALS_THRESH = 1e-5  # eigenvalues of W^T W (not divided by N) at or below it are numerically zero: dropped
+WW_MIN_EVALS = 8  # a layer with fewer eigenvalues (min_evals) is not analyzed
+WW_SMALL_N = 20  # fewer eigenvalues (SMALL_N_CUTOFF): the small-N fit, and an alpha that means little
+WW_SMALL_N_MIN_TAIL = 8  # the small-N fit's shortest tail (k_min)
 
-    Values <= rtol * max are dropped first (numerically zero eigenvalues). `min_tail` is the fewest points
-    a candidate tail may have. The KS distance is the two-sided sup |F_emp - F_fit| over the tail.
-    Returns alpha, xmin, D (KS distance), n_tail, sigma = (alpha - 1)/sqrt(n_tail) (standard error) and
-    n (number of eigenvalues used).
+
+def fit_power_law(evals: ArrayLike, xmin: float | None = None, thresh: float = 0.0) -> dict[str, float]:
+    """Continuous power-law fit p(x) ~ x^-alpha of the tail x >= x_min of `evals`, as weightwatcher fits it.
+
+    Eigenvalues <= `thresh` (same units as `evals`) are dropped. For each candidate x_min (every eigenvalue but the
+    largest) alpha is the maximum-likelihood estimate 1 + n / sum ln(x_i / x_min) over the n tail points (Clauset,
+    Shalizi & Newman 2009), and D = max |F_fit - i/n| its Kolmogorov-Smirnov distance; the x_min with the smallest
+    D wins. With fewer than WW_SMALL_N eigenvalues weightwatcher's small-N rule applies: the bias-corrected MLE
+    1 + (n - 1) / sum ln(x_i / x_min), tails of at least WW_SMALL_N_MIN_TAIL points only. A given `xmin` fixes the
+    tail instead of searching it (our extension: weightwatcher treats it as a lower bound).
+
+    Returns alpha, xmin, D, n_tail, sigma = (alpha - 1) / sqrt(n_tail), n (eigenvalues used) and small_n.
+    Raises ValueError with fewer than 2 eigenvalues above `thresh`.
     """
-    x = np.sort(to_numpy(evals).reshape(-1))
-    x = x[x > rtol * x[-1]] if x.size and x[-1] > 0 else x[x > 0]
-    if x.size < max(min_tail, 2):
-        raise ValueError(f"need at least {max(min_tail, 2)} positive eigenvalues, got {x.size}")
+    x = np.sort(to_numpy(evals).reshape(-1).astype(np.float64))
+    x = x[(x > thresh) & (x > 0)]
+    n_all = x.size
+    if n_all < 2:
+        raise ValueError(f"need at least 2 eigenvalues above {thresh:g}, got {n_all}")
+    small = n_all < WW_SMALL_N
     logs = np.log(x)
     suffix = np.cumsum(logs[::-1])[::-1]  # suffix[i] = sum_{j >= i} ln x_j
-    n_all = x.size
-    if xmin is not None:
-        candidates = np.array([int(np.argmin(np.abs(x - xmin)))])
-    else:
-        candidates = np.arange(0, n_all - max(min_tail, 2) + 1)
-    n_tail = n_all - candidates
-    denom = suffix[candidates] - n_tail * logs[candidates]
-    with np.errstate(divide="ignore"):
-        alphas = np.where(denom > 0, 1.0 + n_tail / np.where(denom > 0, denom, 1.0), np.inf)
-    ks = np.full(candidates.size, np.inf)
-    chunk = max(1, 4_000_000 // n_all)
-    for c0 in range(0, candidates.size, chunk):
-        idx = candidates[c0:c0 + chunk]
-        a = alphas[c0:c0 + chunk]
-        ok = np.isfinite(a)
-        if not np.any(ok):
-            continue
-        idx, a, n = idx[ok], a[ok], n_tail[c0:c0 + chunk][ok].astype(float)
-        j = np.arange(n_all)[None, :]
-        rank = j - idx[:, None]  # position in the tail; < 0 outside it
-        inside = rank >= 0
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            cdf = 1.0 - np.exp((1.0 - a[:, None]) * (logs[None, :] - logs[idx][:, None]))
-        gap = np.maximum(cdf - rank / n[:, None], (rank + 1) / n[:, None] - cdf)
-        ks[np.flatnonzero(ok) + c0] = np.max(np.where(inside, gap, -np.inf), axis=1)
+    candidates = np.arange(n_all - 1) if xmin is None else np.array([min(int(np.argmin(np.abs(x - xmin))),
+                                                                          n_all - 2)])
+    n_tail = (n_all - candidates).astype(np.float64)
+    s = suffix[candidates] - n_tail * logs[candidates]
+    usable = (s > 1e-12) & (n_tail >= WW_SMALL_N_MIN_TAIL) if small else s > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alphas = np.where(usable, 1.0 + (n_tail - 1.0 if small else n_tail) / np.where(s > 0, s, 1.0), 0.0)
+    if small and not usable.any():  # weightwatcher's fallback: the whole spectrum as the tail
+        usable[0] = s[0] > 1e-12
+        alphas[0] = 1.0 + (n_tail[0] - 1.0) / s[0] if usable[0] else 1.0
+    ks = np.ones(candidates.size)
+    for c, (i, a) in enumerate(zip(candidates, alphas, strict=True)):
+        if usable[c] and a > 1.0:
+            tail = x[i:]
+            fitted = 1.0 - (tail / x[i]) ** (1.0 - a)
+            ks[c] = np.max(np.abs(fitted - np.arange(tail.size) / tail.size))
     best = int(np.argmin(ks))
-    alpha, i_best = float(alphas[best]), int(candidates[best])
-    nt = int(n_tail[best])
+    alpha, nt = float(alphas[best]), int(n_tail[best])
     return {
         "alpha": alpha,
-        "xmin": float(x[i_best]),
+        "xmin": float(x[candidates[best]]),
         "D": float(ks[best]),
         "n_tail": nt,
         "sigma": (alpha - 1.0) / np.sqrt(nt),
         "n": int(n_all),
+        "small_n": bool(small),
     }
 
 
-def weight_alpha(W: ArrayLike, conv: str = "slices", min_tail: int = 2) -> dict[str, float]:
-    """Power-law exponent alpha of the ESD of a weight matrix or conv kernel (fit_power_law on esd)."""
-    return fit_power_law(esd(W, conv=conv), min_tail=min_tail)
+def weight_alpha(W: ArrayLike, conv: str = "slices") -> dict[str, float]:
+    """Power-law exponent alpha of the ESD of a weight matrix or conv kernel, as weightwatcher's `analyze()`.
+
+    The ESD is `esd(W)` (eigenvalues of W^T W / N); weightwatcher's zero threshold applies to W^T W itself, so it
+    is divided by N here. Raises ValueError for fewer than WW_MIN_EVALS eigenvalues (weightwatcher skips such
+    layers). `small_n` in the result flags a fit on fewer than WW_SMALL_N eigenvalues.
+    """
+    matrices = weight_matrices(W, conv=conv)
+    evals = esd(W, conv=conv)
+    if evals.size < WW_MIN_EVALS:
+        raise ValueError(f"{evals.size} eigenvalues, fewer than {WW_MIN_EVALS} (weightwatcher's min_evals): not fitted")
+    return fit_power_law(evals, thresh=WW_EVALS_THRESH / max(matrices[0].shape))

@@ -80,6 +80,11 @@ def test_every_family_has_one_entry_per_depth(analysed):
             assert "settings" in res[fam] and res[fam]["settings"]["samples"] == 200
         spectrum = res["spectrum"]["layers"]
         assert sorted({e["depth"] for e in spectrum}) == [1, 2, 3] and len(spectrum) == 6  # conv + fc per stage
+        # 9 eigenvalues (1-channel first conv), 10 (10-class heads): weightwatcher's small-N fits, flagged
+        assert all(e["reliable"] == (e["n"] >= 20) for e in spectrum) and not any(e["reliable"] for e in spectrum
+                                                                                   if e["kind"] == "head")
+        kept = [e["alpha"] for e in spectrum if e["reliable"] and e["trained"]]
+        assert kept and res["spectrum"]["mean_alpha"] == pytest.approx(sum(kept) / len(kept))
         assert [m["model"] for m in res["noise"]["models"]] == ["final"]
         assert res["noise"]["sigmas"] == [0.5, 1.0, 2.0]
     assert {"torch", "numpy", "scikit-learn", "greedy", "python"} <= set(analysis["versions"])

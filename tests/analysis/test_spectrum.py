@@ -1,11 +1,15 @@
 """Power-law exponent of weight spectra against heavy-tailed random matrices (and weightwatcher)."""
 
+import contextlib
+import io
 import logging
 
 import numpy as np
 import pytest
+import timm
 import torch
 
+import greedy.models  # noqa: F401  (registers greedy_digits_k2 with timm)
 from greedy.analysis.spectrum import esd, fit_power_law, weight_alpha, weight_matrices
 
 
@@ -64,10 +68,18 @@ def test_esd_conventions() -> None:
     assert np.allclose(esd(conv, conv="flatten"), np.sort(np.linalg.eigvalsh(flat @ flat.T / 36)))
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-def test_agrees_with_weightwatcher(matrices: dict[str, np.ndarray], alphas: dict[str, float]) -> None:
-    ww = pytest.importorskip("weightwatcher")
+def _weightwatcher(model: torch.nn.Module):
+    """weightwatcher's `analyze()` with its defaults, quietly: one row per layer it analyzes."""
+    import weightwatcher
+
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "SMALL N PL FIT" for small layers
+        return weightwatcher.WeightWatcher(model=model).analyze()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+def test_agrees_with_weightwatcher_on_large_random_matrices(matrices: dict[str, np.ndarray],
+                                                            alphas: dict[str, float]) -> None:
     for name, w in matrices.items():
         if w.ndim == 2:
             layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
@@ -75,6 +87,33 @@ def test_agrees_with_weightwatcher(matrices: dict[str, np.ndarray], alphas: dict
             layer = torch.nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], bias=False)
         with torch.no_grad():
             layer.weight.copy_(torch.tensor(w))
-        details = ww.WeightWatcher(model=torch.nn.Sequential(layer)).analyze()
-        ww_alpha = float(details["alpha"].iloc[0])
-        assert alphas[name] == pytest.approx(ww_alpha, rel=0.03), name
+        details = _weightwatcher(torch.nn.Sequential(layer))
+        assert alphas[name] == pytest.approx(float(details["alpha"].iloc[0]), abs=1e-3), name
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+def test_agrees_with_weightwatcher_layer_by_layer_on_a_greedy_net(one_thread) -> None:
+    """The paper's digits net (BatchNorm, k = 2), seeded: a 1-input-channel conv (9 eigenvalues), 10-class linear
+    heads (10), hidden convs (576-1152); and a 3x5 linear layer (3 eigenvalues) that neither fits."""
+    torch.manual_seed(0)
+    net = timm.create_model("greedy_digits_k2")
+    with torch.no_grad():  # away from the initialization: a few random steps' worth of structure in every layer
+        for p in net.parameters():
+            if p.dim() > 1:
+                p.add_(0.3 * p.std() * torch.randn_like(p) ** 3)
+    model = torch.nn.ModuleDict({"net": net, "tiny": torch.nn.Linear(5, 3)})
+    details = _weightwatcher(model)
+    theirs = {row["longname"]: float(row["alpha"]) for _, row in details.iterrows()}
+    ours = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            try:
+                ours[name] = weight_alpha(module.weight.detach())
+            except ValueError as err:
+                assert name == "tiny" and "fewer than 8 (weightwatcher's min_evals)" in str(err)
+    assert set(ours) == set(theirs)  # the same layers: every conv and linear layer but the tiny one
+    for name, fit in ours.items():
+        assert fit["alpha"] == pytest.approx(theirs[name], abs=1e-3), name
+        assert fit["small_n"] == (fit["n"] < 20)
+    assert ours["net.blocks.0.conv"]["n"] == 9 and ours["net.heads.0.fc"]["n"] == 10
+    assert ours["net.blocks.0.conv"]["small_n"] and not ours["net.blocks.1.conv"]["small_n"]
