@@ -233,7 +233,8 @@ class FeatureCache:
                 pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
         """(train: shuffled exactly like the image loader, test: in order), over the cached features."""
         eval_batch_size = eval_batch_size or batch_size
-        common = {"collate_fn": collate_batch, "pin_memory": pin_memory, "drop_last": False}
+        pin = pin_memory and torch.cuda.is_available()  # pinning is for copies to a GPU
+        common = {"collate_fn": collate_batch, "pin_memory": pin, "drop_last": False}
         train = DataLoader(self._dataset("train"), batch_size=batch_size, shuffle=True, **common)
         test = DataLoader(self._dataset("test"), batch_size=eval_batch_size, shuffle=False, **common)
         return train, test

@@ -399,7 +399,16 @@ def _check_optimizer(cfg: Config) -> None:
 
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
-        raise UsageError(f"{message}; see `{self.prog} --help`")
+        """One line; an unknown flag gets the nearest real one (`--num-module` -> `--num-modules`)."""
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            flags = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+            for arg in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(arg.split("=")[0], flags, n=1) if arg.startswith("--") else []
+                if close:
+                    hint = f"; did you mean {close[0]}?"
+                    break
+        raise UsageError(f"{message}{hint}; see `{self.prog} --help`")
 
 
 def config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -201,7 +201,7 @@ def create_loaders(
         raise UsageError(f"num_workers must be >= 0, got {num_workers}")
     common = {
         "num_workers": num_workers,
-        "pin_memory": pin_memory,
+        "pin_memory": pin_memory and torch.cuda.is_available(),  # pinning is for copies to a GPU
         "persistent_workers": persistent_workers and num_workers > 0,
     }
     train = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, drop_last=False, **common)

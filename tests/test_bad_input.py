@@ -83,15 +83,17 @@ BAD_VALUES = [
     (["--batchnorm", "maybe"], "config key 'batchnorm': 'maybe' is not a boolean (true/false)"),
     (["--dataset", "cifar10", "--data-dir", "MISSING"], "data directory MISSING for dataset 'cifar10' does not exist"),
     # shapes, checked on the meta device before training (and before --print-model)
-    (["--img-size", "3"], "input 1x3x3 is too small for unit 3 'block3' in local module 3 (it cannot take its 16x3x3"),
-    (["--img-size", "3", "--print-model"], "input 1x3x3 is too small for unit 3 'block3' in local module 3"),
+    (["--img-size", "3"], "input 1x3x3 does not fit unit 3 'block3' in local module 3 (it cannot take its 16x3x3"),
+    (["--input-downsample", "true", "--img-size", "9"], "input 1x9x9 does not fit the input stem (it cannot take it"),
+    (["--img-size", "3", "--print-model"], "input 1x3x3 does not fit unit 3 'block3' in local module 3"),
     (["--img-size", "2", "--downsample-mode", "maxpool", "--downsample", "2,3"],
-     "input 1x2x2 is too small for unit 3 'block3' in local module 3 (it cannot take its 16x1x1 input"),
+     "input 1x2x2 does not fit unit 3 'block3' in local module 3 (it cannot take its 16x1x1 input"),
     # paths
     (["--out-dir", "/proc/greedy-runs"], "--out-dir /proc/greedy-runs: cannot create folders in /proc"),
     (["--out-dir", "AFILE"], "--out-dir AFILE: AFILE is a file, not a folder"),
     (["--name", "existing"], "run directory OUT/existing already exists"),
     (["--widht", "3"], "unrecognized arguments: --widht"),
+    (["--num-module", "4"], "unrecognized arguments: --num-module 4; did you mean --num-modules?"),
     (["-c", "DUP"], "config key 'lr' appears twice (lines 1 and 3); keep one"),
     # resume
     (["--resume", "OUT/existing", "-c", "configs/digits_k2.yaml"], "--resume OUT/existing continues the run with"),

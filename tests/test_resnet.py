@@ -121,7 +121,8 @@ def test_print_model_resnet32(root, num_modules, capsys, monkeypatch):
     (["--split-points", "4,2"], "config key 'split_points': [4, 2] must be increasing unit indices >= 1 "
                                 "(0-based units where a new local module starts)"),
     (["--num-modules", "2", "--split-points", "2,4"], "config key 'num_modules': 2 contradicts split_points [2, 4] "
-                                                      "(3 local modules); give one of them"),
+                                                      "(3 local modules); give one of them (--num-modules null "
+                                                      "drops the config file's)"),
     (["--aux", "mlp2"], "config key 'aux': 'mlp2' is not one of cnn, mlp, mlp_sr, linear, vgg"),
     (["--batchnorm", "false"], "config key 'batchnorm': false is for arch plain; ResNet blocks always have BatchNorm"),
     (["--depths", "2,2"], "config key 'depths': [2, 2] must give at least 1 residual block for each of the 3 stages "
@@ -140,7 +141,7 @@ def test_too_small_images_refused_before_training(tmp_path):
     proc = cli("train.py", *args, check=False)
     assert proc.returncode == 2, proc.stderr
     [line] = proc.stderr.strip().splitlines()
-    assert line.startswith("error: input 1x8x8 is too small for unit 4 'block4' in local module 4 (it cannot take "
+    assert line.startswith("error: input 1x8x8 does not fit unit 4 'block4' in local module 4 (it cannot take "
                            "its 8x1x1 input")
     assert not any(tmp_path.iterdir())
 

@@ -71,6 +71,10 @@ def test_resolve_data_config_reads_the_config():
     assert data_cfg["std"] == pytest.approx((0.3761,), abs=1e-4)
     cifar = timm.data.resolve_data_config({}, model=timm.create_model("greedy_cifar10_k1", widths=[8, 8, 8, 8], k=1))
     assert cifar["input_size"] == (3, 32, 32) and cifar["mean"] == (0.4914, 0.4822, 0.4465)
+    # the net's first conv (what timm adapts for another in_chans), never an auxiliary net's
+    assert digits_net().pretrained_cfg["first_conv"] == "blocks.0.conv"
+    resnet = timm.create_model("greedy_cifar10_resnet32", depths=[1, 1, 1])
+    assert resnet.pretrained_cfg["first_conv"] == "blocks.0.0"  # the stem's conv (a ResNet unit is a Sequential)
 
 
 def test_unknown_keyword_is_one_clear_line():

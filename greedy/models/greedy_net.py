@@ -54,14 +54,14 @@ def _shape(t: torch.Tensor) -> str:
 
 
 class TooSmall(UsageError):
-    """An input (C x H x W) too small for unit `unit` (0-based) of a chain, in local module `module` (1-based)
+    """An input (C x H x W) that unit `unit` (0-based; -1: the stem) of a chain cannot take, in local module `module`
     where that is known."""
 
     def __init__(self, size: str, unit: int, name: str, problem: str, module: int | None = None):
         self.size, self.unit, self.name, self.problem, self.module = size, unit, name, problem, module
-        where = f"unit {unit + 1} '{name}'" + (f" in local module {module}" if module else "")
-        super().__init__(f"input {size} is too small for {where} ({problem}); use larger images or fewer "
-                         "downsampling layers")
+        where = (f"unit {unit + 1} '{name}'" if unit >= 0 else name) + (f" in local module {module}" if module else "")
+        super().__init__(f"input {size} does not fit {where} ({problem}); use larger images, sizes the downsampling "
+                         "divides (space-to-depth needs even sizes), or fewer downsampling layers")
 
 
 def trace_units(units: Units, in_shape: tuple[int, int, int], stem: nn.Module | None = None) -> list[UnitTrace]:
@@ -72,7 +72,11 @@ def trace_units(units: Units, in_shape: tuple[int, int, int], stem: nn.Module | 
     """
     x = torch.zeros(2, *in_shape, device="meta")
     if stem is not None:
-        x = _meta_call(stem, x)
+        try:
+            x = _meta_call(stem, x)
+        except RuntimeError as err:
+            raise TooSmall("x".join(map(str, in_shape)), -1, "the input stem",
+                           f"it cannot take it: {str(err).splitlines()[0]}") from None
     traces = []
     for i, (name, unit) in enumerate(units):
         size, problem = "x".join(map(str, in_shape)), None
@@ -106,7 +110,8 @@ def split_units(flops: list[int], num_modules: int | None = None, split_points: 
                              f"1..{n - 1} (the net has {n} units, 0-based)")
         if num_modules is not None and num_modules != len(split_points) + 1:
             raise UsageError(f"config key 'num_modules': {num_modules} contradicts split_points {list(split_points)} "
-                             f"({len(split_points) + 1} local modules); give one of them")
+                             f"({len(split_points) + 1} local modules); give one of them (--num-modules null drops "
+                             "the config file's)")
         bounds = [0, *split_points, n]
         return [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
     k = n if num_modules is None else num_modules
@@ -195,8 +200,8 @@ class GreedyNet(nn.Module):
         try:
             traces = trace_units(plan, (in_chans, img_size, img_size), stem)
         except TooSmall as err:
-            if num_modules is not None and not split_points:
-                raise  # the FLOPs split needs every unit's FLOPs: the unit is all there is to name
+            if err.unit < 0 or (num_modules is not None and not split_points):
+                raise  # the stem, or a FLOPs split (it needs every unit's FLOPs): the unit is all there is to name
             j = 1 + sum(p <= err.unit for p in split_points) if split_points else err.unit + 1
             raise TooSmall(err.size, err.unit, err.name, err.problem, j) from None
         groups = split_units([t.flops for t in traces], num_modules, split_points)
@@ -340,7 +345,7 @@ class GreedyNet(nn.Module):
                     raise RuntimeError(f"empty output {_shape(y)}")
                 _meta_call(head, y)
             except RuntimeError as err:
-                raise UsageError(f"input {in_chans}x{img_size}x{img_size} is too small for {what} or its auxiliary "
+                raise UsageError(f"input {in_chans}x{img_size}x{img_size} does not fit {what} or its auxiliary "
                                  f"net ({str(err).splitlines()[0]}); use larger images or fewer downsampling layers"
                                  ) from None
             shapes.append((tuple(x.shape[1:]), tuple(y.shape[1:])))
@@ -429,7 +434,7 @@ def greedy_pretrained_cfg(cfg: Config, net: GreedyNet) -> dict:
     info = dataset_info(cfg.dataset)
     img_size = cfg.img_size or info.img_size
     mean, std = dataset_stats(cfg.dataset, cfg.data_dir)
-    first_conv = next((n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)), None)
+    first_conv = next((f"blocks.{n}" for n, m in net.blocks.named_modules() if isinstance(m, nn.Conv2d)), None)
     pretrained_cfg = {"input_size": (info.in_chans, img_size, img_size), "mean": tuple(mean), "std": tuple(std),
                       "num_classes": cfg.num_classes or info.num_classes, "first_conv": first_conv,
                       "classifier": net.classifier_names()}
