@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{cfg.grad_accum} accumulation steps = {cfg.batch_size * accelerator.num_processes * cfg.grad_accum}")
     tracker = Tracker(accelerator, cfg, run, say)
     resume = run.latest_state()
-    replayed = tracker.replay(run.metrics_until(resume, by_epoch=cfg.mode == "decoupled"))
+    replayed = tracker.replay(run.metrics_until(resume[:2] if resume else None, by_epoch=cfg.mode == "decoupled"))
     if replayed:
         say(f"W&B: logged {replayed} epoch record(s) from metrics.jsonl that the interrupted run had not saved")
 

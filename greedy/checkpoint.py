@@ -182,27 +182,29 @@ class RunDir:
         lines = text.split("\n")[:-1]  # a last line without its newline was cut by a kill: its epoch is retrained
         records = []
         for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
             try:
-                records.append(json.loads(line)) if line.strip() else None
+                records.append(json.loads(line))
             except json.JSONDecodeError:
                 raise UsageError(f"{self.metrics_path} line {number} is not JSON; restore the file or start a new "
                                  "run") from None
         return records
 
-    def metrics_until(self, state: tuple[int, int, Path] | None, by_epoch: bool = False) -> list[dict[str, Any]]:
-        """The records up to a resumable state (0-based stage, epoch, path) from `latest_state`; all without one.
+    def metrics_until(self, state: tuple[int, int] | None, by_epoch: bool = False) -> list[dict[str, Any]]:
+        """The records up to a resumable state's (0-based stage, epoch); all of them without one.
 
         by_epoch: the run trains all its blocks in each epoch (decoupled), so keep every block's records up to epoch.
         """
         if state is None:
             return self.read_metrics()
-        stage, epoch = state[0], state[1]
+        stage, epoch = state
         last = (epoch + 1,) if by_epoch else (stage + 1, epoch + 1)
         return [r for r in self.read_metrics() if ((r["epoch"],) if by_epoch else (r["stage"], r["epoch"])) <= last]
 
     def truncate_metrics(self, stage: int, epoch: int, by_epoch: bool = False) -> None:
         """Drop records written after the state we resume from (0-based stage, epoch), so none is duplicated."""
-        keep = self.metrics_until((stage, epoch, self.path), by_epoch)
+        keep = self.metrics_until((stage, epoch), by_epoch)
         _atomic_write(self.metrics_path, lambda p: p.write_text("".join(dumps(r) + "\n" for r in keep)))
 
     # weights of finished stages and of the final model

@@ -378,20 +378,19 @@ def _check_timm(cfg: Config) -> None:
 
 
 def _check_optimizer(cfg: Config) -> None:
-    """Build the optimizer and scheduler once on a dummy parameter: timm's own checks, before any work."""
+    """Build the optimizer and scheduler once, with the trainer's own factories, on a dummy layer: timm's own
+    checks, before any work."""
     import torch
-    from timm.optim import create_optimizer_v2, list_optimizers
-    from timm.scheduler import create_scheduler_v2
+    from timm.optim import list_optimizers
+
+    from greedy.trainer import make_optimizer, make_scheduler  # here: the trainer imports this module
 
     if cfg.opt.lower() not in list_optimizers():
         close = difflib.get_close_matches(cfg.opt.lower(), list_optimizers(), n=1)
         hint = f"did you mean '{close[0]}'?" if close else "see timm.optim.list_optimizers()"
         raise UsageError(f"config key 'opt': {cfg.opt!r} is not a timm optimizer; {hint}")
     try:
-        optimizer = create_optimizer_v2([torch.nn.Parameter(torch.zeros(1))], opt=cfg.opt, lr=cfg.lr,
-                                        weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-        create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.train_epochs, decay_epochs=cfg.decay_epochs,
-                            decay_rate=cfg.decay_rate, warmup_epochs=cfg.warmup_epochs)
+        make_scheduler(cfg, make_optimizer(cfg, torch.nn.Linear(1, 1)), cfg.train_epochs)
     except (ValueError, TypeError, AssertionError) as err:
         raise UsageError(f"config keys opt/sched: timm refuses opt={cfg.opt!r} sched={cfg.sched!r} "
                          f"({' '.join(str(err).split())})") from None

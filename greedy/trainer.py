@@ -145,7 +145,7 @@ class DivergenceCheck:
         new = torch.stack([torch.full_like(part, step_in_epoch), torch.full_like(part, step), part])
         self.first = torch.where((self.first[0] < 0) & ~finite.all(), new, self.first)
 
-    def check(self, losses: torch.Tensor) -> None:
+    def check(self) -> None:
         step_in_epoch, step, part = self.first.tolist()
         if step_in_epoch < 0:
             return
@@ -172,7 +172,6 @@ def train_one_epoch(stage: Stage, models: list[nn.Module], loader, optimizers: l
     seen = torch.zeros((), device=device)
     steps, t0 = 0, time.perf_counter()
     divergence = DivergenceCheck(stage, epoch, device)
-    losses = torch.zeros(len(models), device=device)
     for x, y in tqdm(loader, desc=stage.name, leave=False, disable=not progress):
         results = stage_step(stage, models, optimizers, accelerator, as_input(x, channels_last), y)
         losses = torch.stack([loss.detach().float() for loss, _ in results])
@@ -183,14 +182,14 @@ def train_one_epoch(stage: Stage, models: list[nn.Module], loader, optimizers: l
         steps += 1
         divergence.record(losses, steps, step)
         if steps % finite_check_every == 0:
-            divergence.check(losses)
+            divergence.check()
         if tracker.use_wandb and step % log_every == 0:  # .item() waits for the device: not every step
             values = {"train/loss": losses[-1].item(), "train/lr": optimizers[-1].param_groups[0]["lr"]}
             if stage.decoupled:
                 values.update({f"train/loss_{name}": v for (_, name), v in zip(stage.part_ids(), losses.tolist(),
                                                                                 strict=True)})
             tracker.log_step(values, step)
-    divergence.check(losses)
+    divergence.check()
     seconds_per_step = (time.perf_counter() - t0) / max(steps, 1)
     totals = accelerator.reduce(torch.cat([sums.flatten(), seen[None]]), "sum")
     seen = totals[-1]

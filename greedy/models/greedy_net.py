@@ -236,12 +236,7 @@ class GreedyNet(nn.Module):
 
     def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The output of every local module (block), (N, C_j, H_j, W_j) each: what the heads see."""
-        feats = []
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-            feats.append(x)
-        return feats
+        return self.forward_intermediates(x, intermediates_only=True)
 
     def forward_heads(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The logits of every head, each on its own block's output."""
