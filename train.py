@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from greedy.data import (
     create_datasets,
     create_loaders,
     dataset_info,
+    default_workers,
     log_skipped_images,
     skipped_images,
 )
@@ -90,17 +92,25 @@ def check_model_shapes(cfg: Config):
     return check_shapes(cfg, info.in_chans, cfg.img_size or info.img_size, cfg.num_classes or info.num_classes)
 
 
-def stage_loaders(cfg: Config, data: DataBundle, stage: Stage, cache: FeatureCache | None, net) -> tuple:
+def data_loaders(cfg: Config, data: DataBundle, accelerator) -> tuple:
+    """The run's (train, test) loaders: the data set on the accelerator (device_data) or torch DataLoaders."""
+    on_device = {"device": accelerator.device, "seed": cfg.seed, "num_processes": accelerator.num_processes,
+                 "process_index": accelerator.process_index} if cfg.on_device else {}
+    workers = default_workers(cfg.dataset, cfg.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return create_loaders(data, cfg.batch_size, eval_batch_size=cfg.eval_batch_size, num_workers=workers,
+                          pin_memory=cfg.pin_memory, persistent_workers=cfg.persistent_workers, **on_device)
+
+
+def stage_loaders(cfg: Config, data: DataBundle, stage: Stage, cache: FeatureCache | None, net,
+                  accelerator) -> tuple:
     """The stage (its prefix replaced when it trains on cached features), its (train, test) loaders and the
     seconds spent building its feature cache."""
     if cache is None:
-        return stage, create_loaders(data, cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                                     num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
-                                     persistent_workers=cfg.persistent_workers), 0.0
+        return stage, data_loaders(cfg, data, accelerator), 0.0
     if cache.stage is not None and cache.stage == stage.index - 1:
         cache.advance(net.blocks[stage.index - 1])
     else:  # the first stage, or the first one trained after a resume: from the (loaded) frozen prefix
-        cache.build(stage.prefix, data, stage.index, cfg.num_workers)
+        cache.build(stage.prefix, data, stage.index, default_workers(cfg.dataset, cfg.num_workers))
     loaders = cache.loaders(cfg.batch_size, cfg.eval_batch_size, cfg.pin_memory)
     return replace(stage, prefix=cache.prefix()), loaders, cache.seconds
 
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 run.verify_state(resume_from)
                 if accelerator.is_main_process:
                     run.truncate_metrics(resume[0], resume[1], by_epoch=stage.decoupled)
-            stage, loaders, cache_seconds = stage_loaders(cfg, data, stage, cache, net)
+            stage, loaders, cache_seconds = stage_loaders(cfg, data, stage, cache, net, accelerator)
             train_stage(stage, cfg, accelerator, loaders, run, tracker, resume_from, say, cache_seconds)
             if accelerator.is_main_process:
                 run.save_weights(weights, builder.stage_state_dict(stage))
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         if cache is not None:
             cache.close()
 
-    _, test_loader = create_loaders(data, cfg.batch_size, eval_batch_size=cfg.eval_batch_size)
+    _, test_loader = data_loaders(cfg, data, accelerator)
     heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator, cfg.channels_last)
     rows, final = results(cfg, net, run, heads, accelerator)
     skipped = skipped_images(data)

@@ -26,7 +26,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from greedy.config import Config
-from greedy.data import DataBundle
+from greedy.data import DataBundle, device_loader
+from greedy.device_loader import DeviceLoader
 from greedy.errors import UsageError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -115,7 +116,8 @@ class FeatureCache:
     def __init__(self, directory: Path, *, dtype: torch.dtype = torch.float32, budget_gb: float = 4.0,
                  device: torch.device | str = "cpu", compute_dtype: torch.dtype = torch.float32, rank: int = 0,
                  batch_size: int = 256, autocast: Callable = contextlib.nullcontext,
-                 say: Callable[[str], None] = print):
+                 say: Callable[[str], None] = print, on_device: bool = False, device_budget_gb: float = 4.0,
+                 seed: int = 0, num_processes: int = 1):
         self.directory = Path(directory)
         self.dtype = dtype
         self.budget = int(budget_gb * 2**30)
@@ -128,6 +130,10 @@ class FeatureCache:
         self.stage: int | None = None  # the 0-based greedy stage whose inputs are held
         self.seconds = 0.0  # wall time of the last build or advance
         self.splits: dict[str, _Split] = {}
+        # device_data: features served by DeviceLoaders (each process its shard of a (seed, epoch) permutation),
+        # held in GPU memory when they fit under the device budget
+        self.on_device, self.device_budget = on_device, int(device_budget_gb * 2**30)
+        self.seed, self.num_processes = seed, num_processes
 
     @classmethod
     def for_run(cls, cfg: Config, accelerator, directory: Path, say: Callable[[str], None] = print) -> FeatureCache:
@@ -135,19 +141,26 @@ class FeatureCache:
         compute = computed_dtype(accelerator.autocast, accelerator.device)
         return cls(directory, dtype=cache_dtype(cfg, compute), budget_gb=cfg.cache_budget_gb, device=accelerator.device,
                    compute_dtype=compute, rank=accelerator.process_index,
-                   batch_size=cfg.eval_batch_size or max(cfg.batch_size, 256), autocast=accelerator.autocast, say=say)
+                   batch_size=cfg.eval_batch_size or max(cfg.batch_size, 256), autocast=accelerator.autocast, say=say,
+                   on_device=cfg.on_device, device_budget_gb=cfg.cache_device_gb, seed=cfg.seed,
+                   num_processes=accelerator.num_processes)
 
     # building and advancing
     def build(self, prefix: nn.Module, data: DataBundle, stage: int, num_workers: int = 0) -> FeatureCache:
         """Stage `stage`'s inputs from the images: one pass of the frozen prefix over train and test sets."""
         t0 = time.perf_counter()
         self._remove_stale_files()
-        loaders = {name: DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=num_workers)
-                   for name, ds in (("train", data.train), ("test", data.test))}
+        if self.on_device:  # the images are already on the device: no DataLoader
+            loaders = {name: device_loader(ds, self.batch_size, shuffle=False, device=self.device)
+                       for name, ds in (("train", data.train), ("test", data.test))}
+        else:
+            loaders = {name: DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=num_workers)
+                       for name, ds in (("train", data.train), ("test", data.test))}
         sample = data.train[0][0].unsqueeze(0).to(self.device)
         shape = tuple(self._run(prefix, sample).shape[1:])
         self._fill(stage, shape, {n: (len(loader.dataset), self._from_loader(prefix, loader))
                                   for n, loader in loaders.items()})
+        del loaders
         self._report("built", time.perf_counter() - t0)
         return self
 
@@ -173,7 +186,7 @@ class FeatureCache:
         finally:
             module.train(was_training)
 
-    def _from_loader(self, prefix: nn.Module, loader: DataLoader):
+    def _from_loader(self, prefix: nn.Module, loader):
         for x, y in loader:
             yield self._run(prefix, x.to(self.device)), torch.as_tensor(y)
 
@@ -186,14 +199,15 @@ class FeatureCache:
         """Allocate stage `stage`'s storage (RAM or memory-mapped) and write every batch of every split into it."""
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         total = sum(n for n, _ in sources.values()) * itemsize * math.prod(shape)
-        in_ram = total <= self.budget
+        on_gpu = self.on_device and self.device.type != "cpu" and total <= self.device_budget
+        in_ram = on_gpu or total <= self.budget
         if not in_ram:
             self._check_disk(total)
         splits = {}
         for name, (n, batches) in sources.items():
             path = None if in_ram else self.directory / f".cache-r{self.rank}-s{stage}-{name}.bin"
-            features = _allocate((n, *shape), self.dtype, path)
-            targets = torch.empty(n, dtype=torch.long)
+            features = _allocate((n, *shape), self.dtype, path, self.device if on_gpu else "cpu")
+            targets = torch.empty(n, dtype=torch.long, device=features.device)
             start = 0
             for h, y in batches:
                 features[start:start + len(y)].copy_(h)
@@ -211,7 +225,8 @@ class FeatureCache:
     def _report(self, verb: str, seconds: float) -> None:
         self.seconds = seconds
         train = self.splits["train"].features
-        where = "RAM" if self.in_ram else f"memory-mapped file in {self.directory}"
+        where = (f"{train.device.type} memory" if train.device.type != "cpu" else "RAM") if self.in_ram else \
+            f"memory-mapped file in {self.directory}"
         self.say(f"cache: {verb} stage{self.stage + 1} inputs {'x'.join(map(str, train.shape))} "
                  f"{str(self.dtype).removeprefix('torch.')} ({self.nbytes / 2**20:.1f} MiB, {where}) "
                  f"in {seconds:.1f}s")
@@ -230,9 +245,16 @@ class FeatureCache:
         return nn.Identity() if self.dtype in (torch.float32, self.compute_dtype) else ToFloat()
 
     def loaders(self, batch_size: int, eval_batch_size: int | None = None,
-                pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
-        """(train: shuffled exactly like the image loader, test: in order), over the cached features."""
+                pin_memory: bool = False) -> tuple[DataLoader | DeviceLoader, DataLoader | DeviceLoader]:
+        """(train: shuffled exactly like the image loader, test: in order), over the cached features: DeviceLoaders
+        with device_data (each process its shard, as the image DeviceLoaders), else DataLoaders accelerate shards."""
         eval_batch_size = eval_batch_size or batch_size
+        if self.on_device:
+            shard = {"device": self.device, "seed": self.seed, "num_processes": self.num_processes,
+                     "process_index": self.rank}
+            train, test = self.splits["train"], self.splits["test"]
+            return (DeviceLoader(train.features, train.targets, batch_size, shuffle=True, **shard),
+                    DeviceLoader(test.features, test.targets, eval_batch_size, shuffle=False, **shard))
         pin = pin_memory and torch.cuda.is_available()  # pinning is for copies to a GPU
         common = {"collate_fn": collate_batch, "pin_memory": pin, "drop_last": False}
         train = DataLoader(self._dataset("train"), batch_size=batch_size, shuffle=True, **common)
@@ -262,10 +284,12 @@ class FeatureCache:
             path.unlink(missing_ok=True)
 
 
-def _allocate(shape: tuple[int, ...], dtype: torch.dtype, path: Path | None) -> torch.Tensor:
-    """An uninitialized tensor in RAM, or backed by a new file at `path` (shared mapping: pages can be evicted)."""
+def _allocate(shape: tuple[int, ...], dtype: torch.dtype, path: Path | None,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """An uninitialized tensor on `device` (RAM by default), or backed by a new file at `path` (shared mapping:
+    pages can be evicted)."""
     if path is None:
-        return torch.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=dtype, device=device)
     path.unlink(missing_ok=True)
     return torch.from_file(str(path), shared=True, size=math.prod(shape), dtype=dtype).view(shape)
 

@@ -25,10 +25,11 @@ SHORTCUTS = ("A", "B")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 TRACKERS = ("none", "wandb")
 CACHE_MODES = ("auto", "on", "off")
+DEVICE_DATA_MODES = ("auto", "on", "off")
 CACHE_DTYPES = ("auto", "fp32", "fp16", "bf16")
 # Keys that may differ on --resume: they change how a run executes, not what it computes.
 RESUME_MUTABLE = ("no_progress", "num_workers", "pin_memory", "persistent_workers", "data_dir", "cache_budget_gb",
-                  "log_every", "strict_data", "finite_check_every")
+                  "cache_device_gb", "log_every", "strict_data", "finite_check_every")
 # Datasets whose files must exist on disk unless `download` is set.
 DISK_DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
 # timm schedulers whose learning rate is a function of the epoch alone ('plateau' needs a metric, 'none' no LR)
@@ -57,8 +58,11 @@ class Config:
     img_size: int | None = None  # None: the dataset's native size
     num_classes: int | None = None  # None: the dataset's
     augment: str = "none"  # none | crop_flip | imagenet
-    num_workers: int = 0
-    pin_memory: bool = False
+    device_data: str = "auto"  # in-memory datasets held on the accelerator, batches augmented there: auto (= on for
+    # every dataset but imagenet) | on | off (a DataLoader with per-image transforms, as before)
+    num_workers: int | None = None  # DataLoader workers per process; None: imagenet one per CPU core (at most 8)
+    # shared among the node's processes, in-memory datasets 0 (workers only slow a tensor dataset down)
+    pin_memory: bool = True  # page-locked batches and non-blocking copies (only with a GPU)
     persistent_workers: bool = True  # keep loader workers alive across the epochs of a stage (num_workers > 0)
     strict_data: bool = False  # an unreadable image stops the run (exit 2) instead of being skipped and reported
 
@@ -105,6 +109,7 @@ class Config:
     compile: bool = False
     cache: str = "auto"  # frozen-prefix feature cache: auto (when the train transform is deterministic) | on | off
     cache_budget_gb: float = 4.0  # RAM for cached features; beyond it they go to a memory-mapped file
+    cache_device_gb: float = 4.0  # with device_data, GPU memory for cached features; beyond it they stay in RAM
     cache_dtype: str = "auto"  # auto (what the block computes in: mixed_precision's, else fp32) | fp32 | fp16 | bf16
     finite_check_every: int = 1  # steps between checks that the loss is finite (each costs a device sync)
 
@@ -125,6 +130,11 @@ class Config:
     def train_epochs(self) -> int:
         """Epochs each trained part runs: e2e reads e2e_epochs (default: epochs), greedy and decoupled epochs."""
         return (self.e2e_epochs or self.epochs) if self.mode == "e2e" else self.epochs
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the data set is held on the accelerator (device_data on, or auto with an in-memory dataset)."""
+        return self.device_data == "on" or (self.device_data == "auto" and self.dataset != "imagenet")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -283,6 +293,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "warmup_epochs": (0, math.inf, False, False),
     "grad_accum": (1, math.inf, False, False),
     "cache_budget_gb": (0, math.inf, False, False),
+    "cache_device_gb": (0, math.inf, False, False),
     "finite_check_every": (1, math.inf, False, False),
 }
 
@@ -313,6 +324,7 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     _choice("final_head", cfg.final_head, ("auxiliary", *HEADS, "timm"))
     _choice("mixed_precision", cfg.mixed_precision, MIXED_PRECISION)
     _choice("cache", cfg.cache, CACHE_MODES)
+    _choice("device_data", cfg.device_data, DEVICE_DATA_MODES)
     _choice("cache_dtype", cfg.cache_dtype, CACHE_DTYPES)
     _choice("sched", cfg.sched, SCHEDULERS)
     for key, (low, high, open_low, open_high) in RANGES.items():
@@ -350,6 +362,9 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     if cfg.augment not in ("none", fits):
         raise UsageError(f"config key 'augment': {cfg.augment!r} does not apply to dataset '{cfg.dataset}'; "
                          f"use {fits} or none")
+    if cfg.device_data == "on" and cfg.dataset == "imagenet":
+        raise UsageError("config key 'device_data': on holds an in-memory dataset on the accelerator; imagenet is "
+                         "decoded from image folders by DataLoader workers: use --device-data auto or off")
     _check_optimizer(cfg)
     if check_data and cfg.dataset in DISK_DATASETS and not cfg.download and not Path(cfg.data_dir).is_dir():
         raise UsageError(

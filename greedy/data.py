@@ -1,12 +1,14 @@
 """The one data factory: datasets, normalization, augmentation and loaders.
 
 Small datasets (digits, Fashion-MNIST, CIFAR-10/100, fake) are materialized once as a normalized
-float32 tensor ``N x C x H x W`` and served by :class:`TensorImageDataset`; ImageNet stays a PIL
-pipeline over an ``ImageFolder`` tree. Every loading problem the user can fix raises
+float32 tensor ``N x C x H x W`` (and, when exact, as uint8 pixels) in a :class:`TensorImageDataset`,
+served either on the accelerator by :class:`greedy.device_loader.DeviceLoader` (the default: whole-batch
+indexing and augmentation, no workers) or per item by a torch DataLoader. ImageNet stays a PIL pipeline
+over an ``ImageFolder`` tree with worker processes. Every loading problem the user can fix raises
 :class:`greedy.errors.UsageError` with a one-line message.
 
-Augmentation randomness comes from torch's global RNG only, so seeding torch (or restoring its RNG
-state) makes a run reproducible.
+Augmentation randomness: the DataLoader path draws from torch's global RNG (seeding torch or restoring its
+RNG state makes a run reproducible); the device path from generators seeded by (seed, epoch, process).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2
 
+from greedy.device_loader import DeviceLoader, Normalization
 from greedy.errors import UsageError, one_line
 
 DATASETS: tuple[str, ...] = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagenet", "fake")
@@ -48,6 +51,7 @@ _FMNIST_FILES = (
 _FAKE_TRAIN_SIZE, _FAKE_TEST_SIZE, _FAKE_TEST_OFFSET = 512, 128, 1_000_000
 _IMAGENET_DEFAULT_SIZE = 224
 _IMAGENET_CROP_PCT = 0.875
+CROP_PADDING = 4  # the paper's crop_flip: zero padding before the random crop
 _CHUNK = 4096  # images converted per step when materializing, bounds peak memory
 
 
@@ -106,19 +110,30 @@ def dataset_stats(dataset: str, data_dir: str | Path = "data") -> tuple[tuple[fl
 
 
 class TensorImageDataset(Dataset):
-    """In-memory images ``N x C x H x W`` with integer targets and an optional per-item tensor transform."""
+    """In-memory images ``N x C x H x W`` with integer targets and an optional per-item tensor transform.
+
+    The device path (`greedy.device_loader.DeviceLoader`) reads the same split from `pixels` (uint8 ``N x C x H x
+    W``) and `normalization` when the split is integer pixels at the native size (then `images` is exactly
+    `normalization(pixels)`), else from `images`; `crop_padding` > 0 means the split is augmented with the paper's
+    crop + flip (`transform` for the per-item path, `CropFlip` on the device).
+    """
 
     def __init__(
         self,
         images: torch.Tensor,
         targets: torch.Tensor,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        pixels: torch.Tensor | None = None,
+        normalization: Normalization | None = None,
+        crop_padding: int = 0,
     ) -> None:
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         self.images = images
         self.targets = targets
         self.transform = transform
+        self.pixels, self.normalization, self.crop_padding = pixels, normalization, crop_padding
 
     def __len__(self) -> int:
         return len(self.images)
@@ -191,22 +206,70 @@ def create_loaders(
     num_workers: int = 0,
     pin_memory: bool = False,
     persistent_workers: bool = False,
-) -> tuple[DataLoader, DataLoader]:
-    """Return (train loader: shuffled, keeps the last partial batch; test loader: in order)."""
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    num_processes: int = 1,
+    process_index: int = 0,
+) -> tuple[DataLoader | DeviceLoader, DataLoader | DeviceLoader]:
+    """Return (train loader: shuffled, keeps the last partial batch; test loader: in order).
+
+    With `device` (an in-memory dataset only, see `device_data_supported`), both are `DeviceLoader`s holding the
+    data on that device, each process taking its own disjoint shard (`num_processes`, `process_index`; shuffling
+    and augmentation are functions of `seed` and the epoch). Otherwise torch DataLoaders, which accelerate shards
+    when it prepares them; with workers they prefetch 4 batches each, and `pin_memory` applies only with a GPU.
+    Raises UsageError for batch sizes or worker counts out of range.
+    """
     eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
     for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if value < 1:
             raise UsageError(f"{name} must be >= 1, got {value}")
     if num_workers < 0:
         raise UsageError(f"num_workers must be >= 0, got {num_workers}")
+    if device is not None:
+        if not device_data_supported(bundle):
+            raise UsageError("device data needs an in-memory dataset (digits, fashion_mnist, cifar10, cifar100, "
+                             "fake); pass --device-data off for imagenet")
+        shard = {"device": torch.device(device), "seed": seed, "num_processes": num_processes,
+                 "process_index": process_index}
+        return (device_loader(bundle.train, batch_size, shuffle=True, **shard),
+                device_loader(bundle.test, eval_batch_size, shuffle=False, **shard))
     common = {
         "num_workers": num_workers,
         "pin_memory": pin_memory and torch.cuda.is_available(),  # pinning is for copies to a GPU
         "persistent_workers": persistent_workers and num_workers > 0,
+        "prefetch_factor": 4 if num_workers > 0 else None,
     }
     train = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, drop_last=False, **common)
     test = DataLoader(bundle.test, batch_size=eval_batch_size, shuffle=False, drop_last=False, **common)
     return train, test
+
+
+def default_workers(dataset: str, num_workers: int | None, local_processes: int = 1) -> int:
+    """DataLoader workers per process: `num_workers` when set; else for imagenet the node's CPU cores shared among
+    its `local_processes` (at least 1, at most 8: decoding is the bottleneck, see docs/PERFORMANCE.md), and 0 for
+    the in-memory datasets (a worker process only adds pickling to a tensor dataset)."""
+    if num_workers is not None:
+        return num_workers
+    if dataset != "imagenet":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores // max(local_processes, 1)))
+
+
+def device_data_supported(bundle: DataBundle) -> bool:
+    """Whether both splits are in-memory tensors a DeviceLoader can hold (every dataset but ImageNet folders)."""
+    return isinstance(bundle.train, TensorImageDataset) and isinstance(bundle.test, TensorImageDataset)
+
+
+def device_loader(split: TensorImageDataset, batch_size: int, *, shuffle: bool, device: torch.device | str,
+                  **shard) -> DeviceLoader:
+    """A DeviceLoader holding the split on `device`: its uint8 pixels (normalized per batch) when exact, else its
+    float32 images; augmented when the split is (`crop_padding`). `shard`: DeviceLoader's seed and process keys."""
+    pixels = split.pixels is not None
+    images = (split.pixels if pixels else split.images).to(device)
+    targets = split.targets.to(device)
+    return DeviceLoader(images, targets, batch_size, shuffle=shuffle, padding=split.crop_padding,
+                        normalize=split.normalization if pixels else None, device=device, **shard)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,9 +282,10 @@ def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
         raise UsageError(f"unknown {kind} {value!r}; choose one of: {', '.join(choices)}")
 
 
-def crop_flip_transform(size: int) -> v2.Compose:
-    """The paper's CIFAR augmentation on normalized tensors: pad 4 (with 0, the mean color), random crop, flip."""
-    return v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()])
+def crop_flip_transform(size: int, padding: int = CROP_PADDING) -> v2.Compose:
+    """The paper's CIFAR augmentation on one normalized tensor: pad 4 (with 0, the mean color), random crop, flip
+    (the per-item path; `greedy.device_loader.CropFlip` is the same augmentation over a batch)."""
+    return v2.Compose([v2.RandomCrop(size, padding=padding), v2.RandomHorizontalFlip()])
 
 
 def _in_memory_bundle(name: str, raw: _RawData, img_size: int | None, crop_flip: bool) -> DataBundle:
@@ -237,14 +301,28 @@ def _in_memory_bundle(name: str, raw: _RawData, img_size: int | None, crop_flip:
             raise UsageError(
                 f"dataset '{name}': labels outside 0..{raw.num_classes - 1}; the files look corrupt"
             )
-    transform = crop_flip_transform(size) if crop_flip else None
-    train = TensorImageDataset(
-        _normalize(raw.train_images, raw.max_value, mean, std, size), raw.train_targets.long(), transform
-    )
-    test = TensorImageDataset(
-        _normalize(raw.test_images, raw.max_value, mean, std, size), raw.test_targets.long()
-    )
-    return DataBundle(train, test, raw.num_classes, in_chans, size)
+    norm = Normalization(raw.max_value, tuple(mean), tuple(std))
+    padding = CROP_PADDING if crop_flip else 0
+    transform = crop_flip_transform(size, padding) if crop_flip else None
+    splits = []
+    for images, targets, aug in ((raw.train_images, raw.train_targets, transform),
+                                 (raw.test_images, raw.test_targets, None)):
+        pixels = _exact_pixels(images, size)
+        splits.append(TensorImageDataset(_normalize(images, norm, size), targets.long(), aug, pixels=pixels,
+                                         normalization=norm if pixels is not None else None,
+                                         crop_padding=padding if aug is not None else 0))
+    return DataBundle(*splits, raw.num_classes, in_chans, size)
+
+
+def _exact_pixels(images: torch.Tensor, size: int) -> torch.Tensor | None:
+    """The images as uint8 when that is exact (integers in 0..255 at the native size), else None."""
+    if tuple(images.shape[-2:]) != (size, size):
+        return None  # resized: not integers any more
+    if images.dtype == torch.uint8:
+        return images
+    if images.numel() and (images.min() < 0 or images.max() > 255 or not torch.equal(images, images.round())):
+        return None
+    return images.to(torch.uint8)
 
 
 def _train_stats(images: torch.Tensor, max_value: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -256,19 +334,20 @@ def _train_stats(images: torch.Tensor, max_value: float) -> tuple[tuple[float, .
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def _normalize(
-    images: torch.Tensor, max_value: float, mean: tuple[float, ...], std: tuple[float, ...], size: int
-) -> torch.Tensor:
-    """float32 ``(images / max_value - mean) / std``, resized to ``size`` (bilinear, antialias), chunked."""
+def _normalize(images: torch.Tensor, norm: Normalization, size: int) -> torch.Tensor:
+    """float32 ``norm(images)`` (``(x / max_value - mean) / std``), resized to ``size`` (bilinear, antialias) after
+    scaling to [0, 1], chunked to bound peak memory."""
     n, c = images.shape[:2]
     out = torch.empty((n, c, size, size), dtype=torch.float32)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+    unit = Normalization(1.0, norm.mean, norm.std)
     for start in range(0, n, _CHUNK):
-        x = images[start : start + _CHUNK].to(torch.float32) / max_value
+        x = images[start : start + _CHUNK]
         if tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[start : start + _CHUNK] = (x - mean_t) / std_t
+            x = F.interpolate(x.to(torch.float32) / norm.max_value, size=(size, size), mode="bilinear",
+                              antialias=True, align_corners=False)
+            out[start : start + _CHUNK] = unit(x)
+        else:
+            out[start : start + _CHUNK] = norm(x)
     return out
 
 

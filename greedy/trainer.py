@@ -34,7 +34,9 @@ def make_accelerator(cfg: Config) -> Accelerator:
         gradient_accumulation_steps=cfg.grad_accum,
         log_with="wandb" if cfg.tracker == "wandb" else None,
         # Shuffling is a function of (seed, epoch): identical on every rank and after a resume.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        # non_blocking: copies of pinned batches to a GPU overlap with compute
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed,
+                                                  non_blocking=cfg.pin_memory and torch.cuda.is_available()),
         step_scheduler_with_optimizer=False,
     )
     if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":

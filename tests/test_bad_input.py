@@ -32,6 +32,10 @@ BAD_VALUES = [
     (["--warmup-epochs", "-1"], "config key 'warmup_epochs': -1 is outside the allowed range [0, inf)"),
     (["--cache-budget-gb", "-1"], "config key 'cache_budget_gb': -1.0 is outside the allowed range [0, inf)"),
     (["--cache-budget-gb", "nan"], "config key 'cache_budget_gb': nan is not a finite number"),
+    (["--cache-device-gb", "-1"], "config key 'cache_device_gb': -1.0 is outside the allowed range [0, inf)"),
+    (["--device-data", "gpu"], "config key 'device_data': 'gpu' is not one of auto, on, off"),
+    (["--dataset", "imagenet", "--device-data", "on"], "config key 'device_data': on holds an in-memory dataset on "
+     "the accelerator; imagenet is decoded from image folders by DataLoader workers: use --device-data auto or off"),
     (["--seed", "-1"], "config key 'seed': -1 is outside the allowed range [0, 4294967295]"),
     (["--epochs", "0"], "config key 'epochs': 0 is outside the allowed range [1, inf)"),
     (["--epochs", "1.5"], "config key 'epochs': '1.5' is not an integer"),
