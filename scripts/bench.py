@@ -5,6 +5,8 @@
     python scripts/bench.py -c configs/fashion_mnist_k2.yaml --data-dir ../shared/data/fashion-mnist \\
         --cache-compare --epochs 1                           # real training, all stages, with and without the cache
     python scripts/bench.py --device cuda --precision-compare   # fp32 vs bf16 + channels_last: img/s, peak memory
+    python scripts/bench.py --input-compare --threads 1         # crop + flip input: per-image DataLoader vs device
+    python scripts/bench.py --imagenet-decode --threads 1       # ImageNet JPEG decode + augment, images/s per worker
 
 Per greedy stage j, interleaved round-robin with every other variant so that machine noise hits all alike:
   trainer        greedy.trainer.train_step on images (frozen prefix under no_grad), with a prepared Accelerator
@@ -53,7 +55,9 @@ from greedy.data import (  # noqa: E402
     create_loaders,
     crop_flip_transform,
     dataset_info,
+    default_workers,
 )
+from greedy.device_loader import Normalization  # noqa: E402
 from greedy.errors import UsageError  # noqa: E402
 from greedy.models import GreedyNet, create_greedy_net  # noqa: E402
 from greedy.profiling import (  # noqa: E402
@@ -87,6 +91,13 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="instead: our step in fp32 and in bf16 + channels_last, images/s and peak memory per stage")
     p.add_argument("--cache-compare", action="store_true",
                    help="instead: train all stages with train.py --cache off, then on, on the config's real data")
+    p.add_argument("--input-compare", action="store_true",
+                   help="instead: crop + flip input images/s, per-image DataLoader vs the device path, and the "
+                        "input's share of a stage-1 step")
+    p.add_argument("--imagenet-decode", action="store_true",
+                   help="instead: ImageNet-sized JPEGs decoded + augmented by the training transform, images/s for "
+                        "0, 1 and 2 loader workers")
+    p.add_argument("--images", type=int, default=256, help="--imagenet-decode: JPEGs written and read")
     p.add_argument("--epochs", type=int, help="--cache-compare: epochs per stage (default: the config's)")
     p.add_argument("--train-args", default="", help="--cache-compare: more train.py arguments, quoted")
     p.add_argument("--work-dir", help="--cache-compare: keep the two runs and their logs here (default: a temp dir)")
@@ -219,7 +230,8 @@ def loader_throughput(cfg: Config, batches: int) -> dict:
         train_set = TensorImageDataset(images, torch.randint(0, info.num_classes, (n,)), transform)
         source = f"random {info.in_chans}x{size}x{size} tensors (augment {cfg.augment})"
     bundle = DataBundle(train_set, train_set, info.num_classes, info.in_chans, cfg.img_size or info.img_size)
-    loader, _ = create_loaders(bundle, cfg.batch_size, num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
+    workers = default_workers(cfg.dataset, cfg.num_workers)
+    loader, _ = create_loaders(bundle, cfg.batch_size, num_workers=workers, pin_memory=cfg.pin_memory,
                                persistent_workers=False)
     seen, t0 = 0, time.perf_counter()
     for i, (x, _) in enumerate(loader):
@@ -227,7 +239,92 @@ def loader_throughput(cfg: Config, batches: int) -> dict:
         if i + 1 == batches:
             break
     seconds = time.perf_counter() - t0
-    return {"source": source, "num_workers": cfg.num_workers, "images": seen, "images_per_s": seen / seconds}
+    return {"source": source, "num_workers": workers, "images": seen, "images_per_s": seen / seconds}
+
+
+def consume(loader, device: torch.device) -> int:
+    """Read one pass of `loader` onto `device` (as training would): the number of images."""
+    seen = 0
+    for x, _ in loader:
+        x = x.to(device, non_blocking=True)
+        seen += len(x)
+    return seen
+
+
+def input_compare(cfg: Config, args: argparse.Namespace, device: torch.device) -> dict:
+    """Images/s of the paper's crop + flip input at the config's shape: the per-image path (a DataLoader calling
+    torchvision's RandomCrop + flip on each tensor, 0 and 1 workers) vs the device path (DeviceLoader: uint8 on
+    the device, one gather per batch), passes interleaved round-robin; then the input's share of one stage-1
+    training step (`train_step` of the config's net at the same batch size): input / (input + step)."""
+    info = dataset_info(cfg.dataset)
+    size, chans, batch = cfg.img_size or info.img_size, info.in_chans, cfg.batch_size
+    n = batch * args.loader_batches
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (n, chans, size, size), dtype=torch.uint8, generator=gen)
+    targets = torch.randint(0, info.num_classes, (n,), generator=gen)
+    norm = Normalization(255.0, (0.5,) * chans, (0.25,) * chans)
+    train = TensorImageDataset(norm(pixels), targets, crop_flip_transform(size), pixels=pixels, normalization=norm,
+                               crop_padding=4)
+    bundle = DataBundle(train, train, info.num_classes, chans, size)
+    per_image, _ = create_loaders(bundle, batch)
+    one_worker, _ = create_loaders(bundle, batch, num_workers=1, persistent_workers=True)
+    on_device, _ = create_loaders(bundle, batch, device=device)
+    passes = {"per_image": lambda: consume(per_image, device),
+              "per_image_1_worker": lambda: consume(one_worker, device),
+              "device": lambda: consume(on_device, device)}
+    times = interleaved_times(passes, args.steps, warmup=1, device=device)
+    rows = [{"input path": name, "images/s": n / median(t),
+             "speedup vs per_image": paired_ratio(times, "per_image", name)} for name, t in times.items()]
+
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.mixed_precision)
+    torch.manual_seed(cfg.seed)
+    net = create_greedy_net(cfg, num_classes=info.num_classes, in_chans=chans).to(device)
+    stage = GreedyBuilder(net).stage(0)
+    model, optimizer = accelerator.prepare(stage.trainable, make_optimizer(cfg, stage.trainable))
+    x, y = next(iter(on_device))
+    step = interleaved_times({"step": lambda: train_step(stage.prefix, model, optimizer, accelerator, x, y)},
+                             args.steps, args.warmup, device)["step"]
+    input_s = median(times["device"]) / len(on_device)
+    share = {"stage1_step_ms": 1000 * median(step), "device_input_ms_per_batch": 1000 * input_s,
+             "per_image_input_ms_per_batch": 1000 * median(times["per_image"]) / len(per_image),
+             "input_share": input_s / (input_s + median(step))}
+    return {"rows": rows, "share": share, "images": n, "image_shape": [chans, size, size],
+            "all_s": {k: list(v) for k, v in times.items()}}
+
+
+def imagenet_decode(args: argparse.Namespace) -> dict:
+    """Images/s of the ImageNet training pipeline (CheckedImageFolder: JPEG decode + RandomResizedCrop 224 + flip
+    + normalize) on `--images` JPEGs written here at ImageNet's typical size (500 x 375, quality 90), read by a
+    DataLoader with 0, 1 and 2 workers: one worker's rate is what a GPU's images/s is divided by to size
+    num_workers. The JPEGs are smooth synthetic scenes (a random 16 x 12 image upsampled, plus noise): they decode
+    at about the cost of photos of that size (decode time grows with pixels and coefficients, both comparable)."""
+    from PIL import Image
+
+    from greedy.data import CheckedImageFolder, _imagenet_train_transform
+
+    gen = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "train" / "n00000000"
+        folder.mkdir(parents=True)
+        nbytes = 0
+        for i in range(args.images):
+            small = torch.rand(1, 3, 12, 16, generator=gen)
+            big = F.interpolate(small, size=(375, 500), mode="bicubic", align_corners=False)[0]
+            big = (big + 0.08 * torch.randn(big.shape, generator=gen)).clamp(0, 1)
+            path = folder / f"img_{i}.JPEG"
+            Image.fromarray((big.permute(1, 2, 0) * 255).to(torch.uint8).numpy()).save(path, quality=90)
+            nbytes += path.stat().st_size
+        dataset = CheckedImageFolder(Path(tmp) / "train", transform=_imagenet_train_transform(224))
+        rows = []
+        for workers in (0, 1, 2):
+            loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=workers, shuffle=True)
+            consume(loader, torch.device("cpu"))  # warm: page cache, worker start-up
+            t0 = time.perf_counter()
+            seen = consume(loader, torch.device("cpu"))
+            seconds = time.perf_counter() - t0
+            rows.append({"num_workers": workers, "images/s": seen / seconds,
+                         "images/s per worker": seen / seconds / max(workers, 1)})
+    return {"rows": rows, "images": args.images, "mean_jpeg_kB": nbytes / args.images / 1000}
 
 
 # ---------------------------------------------------------------------------------------------- the bench
@@ -418,6 +515,19 @@ def main(argv: list[str] | None = None) -> int:
         table = markdown(result["rows"])
         how = "at once" if result["concurrent"] else "one after the other"
         table += f"\n\ntrain.py runs: {how}, OMP_NUM_THREADS={result['threads_per_run'] or 'unset'} each"
+    elif args.input_compare:
+        result = input_compare(cfg, args, device)
+        report["input_compare"] = result
+        sh = result["share"]
+        table = markdown(result["rows"]) + (
+            f"\n\n{result['images']} images {'x'.join(map(str, result['image_shape']))}, batch {cfg.batch_size}; "
+            f"stage-1 step {sh['stage1_step_ms']:.1f} ms, device input {sh['device_input_ms_per_batch']:.2f} ms a "
+            f"batch (per-image path {sh['per_image_input_ms_per_batch']:.2f} ms): input share of the step "
+            f"{100 * sh['input_share']:.2f} %")
+    elif args.imagenet_decode:
+        result = imagenet_decode(args)
+        report["imagenet_decode"] = result
+        table = markdown(result["rows"]) + f"\n\n{result['images']} JPEGs 500x375, {result['mean_jpeg_kB']:.0f} kB each"
     elif args.precision_compare:
         results = {}
         for label, (precision, channels_last) in PRECISIONS.items():

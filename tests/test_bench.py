@@ -53,3 +53,25 @@ def test_cache_compare_trains_both_ways_to_the_same_accuracy(bench, tmp_path):
     assert all(r["on_cache_build_s"] > 0 for r in stages)
     total = next(r for r in rows if r["stage"] == "all stages (incl. cache builds)")
     assert total["on_stage_s"] == pytest.approx(sum(r["on_stage_s"] for r in stages))
+
+
+def test_input_compare_measures_both_input_paths_and_the_step(bench, tmp_path):
+    out = tmp_path / "input.json"
+    assert bench.main(["-c", "configs/digits_k2.yaml", "--input-compare", "--loader-batches", "3", "--steps", "2",
+                       "--warmup", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["input_compare"]
+    rows = {r["input path"]: r for r in result["rows"]}
+    assert set(rows) == {"per_image", "per_image_1_worker", "device"}
+    assert rows["per_image"]["speedup vs per_image"] == 1.0
+    assert all(r["images/s"] > 0 for r in rows.values()) and result["images"] == 3 * 128
+    share = result["share"]
+    assert share["input_share"] == pytest.approx(share["device_input_ms_per_batch"] / (
+        share["device_input_ms_per_batch"] + share["stage1_step_ms"]))
+
+
+def test_imagenet_decode_reads_real_jpegs_through_the_training_transform(bench, tmp_path):
+    out = tmp_path / "decode.json"
+    assert bench.main(["--imagenet-decode", "--images", "8", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["imagenet_decode"]
+    assert [r["num_workers"] for r in result["rows"]] == [0, 1, 2]
+    assert all(r["images/s"] > 0 for r in result["rows"]) and result["mean_jpeg_kB"] > 10
