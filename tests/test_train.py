@@ -20,8 +20,9 @@ def test_greedy_digits_accuracy_rises_above_chance(greedy_run):
     run, proc = greedy_run
     accs = summary(run)["stage_test_acc"]
     assert len(accs) == 3
-    assert min(accs) > 0.5  # chance is 0.1
-    assert accs[1] > accs[0] and accs[2] >= accs[1]
+    assert min(accs) > 0.9  # chance is 0.1
+    # deeper stages keep what the first learned (on 360 test images one image is 0.28 points: no strict order)
+    assert accs[2] >= accs[0] - 0.02
     assert "final test accuracy" in proc.stdout and "ensemble_acc" in proc.stdout
     names = {p.name for p in run.iterdir()}
     assert {"config.yaml", "metrics.jsonl", "stage1.safetensors", "stage3.safetensors", "model.safetensors"} <= names
