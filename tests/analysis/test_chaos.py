@@ -25,7 +25,7 @@ RELU, TANH, LINEAR = activation("relu"), activation("tanh"), activation("linear"
 
 
 def test_relu_edge_of_chaos_is_sigma_w2_2_sigma_b_0_where_every_variance_is_fixed():
-    assert chi1_at_fixed_point("relu", 2.0, 0.0) == (1.0, 1.0)
+    assert chi1_at_fixed_point("relu", 2.0, 0.0) == (1.0, pytest.approx(1.0, abs=1e-14))
     for q in (0.1, 1.0, 37.0):  # V(q) = sigma_w^2 q / 2 = q: every q is a fixed point
         assert variance_map(q, RELU[0], 2.0, 0.0) == pytest.approx(q, rel=1e-14)
         assert fixed_point_q(RELU[0], 2.0, 0.0, q0=q) == q
@@ -48,7 +48,8 @@ def test_linear_activation_has_chi1_equal_to_sigma_w2():
 
 
 def test_tanh_edge_of_chaos_starts_at_sigma_w_1_and_rises_with_sigma_b():
-    assert chi1(TANH[1], 0.0, 1.0) == 1.0  # q* = 0 for sigma_b = 0, sigma_w <= 1 and tanh'(0) = 1
+    # q* = 0 for sigma_b = 0, sigma_w <= 1, and tanh'(0) = 1
+    assert chi1(TANH[1], 0.0, 1.0) == pytest.approx(1.0, abs=1e-14)
     assert fixed_point_q(TANH[0], 0.81, 0.0) == 0.0
     sigma_bs = [0.0, 0.1, 0.3, 0.5]
     curve = eoc_curve("tanh", sigma_bs)
@@ -71,7 +72,7 @@ def test_relu_correlation_map_is_the_arc_cosine_kernel(c):
 
 def test_correlation_map_fixes_c_1_and_odd_activations_fix_c_0():
     for name in ("tanh", "elu", "silu", "gelu", "selu"):
-        assert correlation_map(1.0, 0.8, activation(name)[0], 1.7, 0.1) == pytest.approx(1.0, abs=1e-8)
+        assert correlation_map(1.0, 0.8, activation(name)[0], 1.7, 0.1) == pytest.approx(1.0, abs=1e-12)
     assert correlation_map(0.0, 0.8, TANH[0], 1.7, 0.0) == pytest.approx(0.0, abs=1e-15)
     with pytest.raises(ValueError, match="choose from"):
         activation("softplus")
@@ -105,3 +106,18 @@ def test_measured_correlations_of_a_wide_random_relu_net_follow_the_map():
     assert rows[3]["c"] > rows[1]["c"]  # ReLU nets drive pairs together with depth
     np.testing.assert_allclose(rows[0]["c"], float(torch.nn.functional.cosine_similarity(
         xa.flatten(1).double(), xb.flatten(1).double()).mean()), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["tanh", "elu", "selu", "silu", "gelu"])
+def test_gaussian_expectations_match_adaptive_quadrature(name):
+    from scipy.integrate import quad
+
+    phi, dphi = activation(name)
+    q = 2.3
+
+    def expect(f):
+        density = lambda z: f(np.array(math.sqrt(q) * z)) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+        return sum(quad(density, lo, hi, epsabs=1e-14, epsrel=1e-13)[0] for lo, hi in ((-40, 0), (0, 40)))
+
+    assert variance_map(q, phi, 1.5, 0.2) == pytest.approx(1.5 * expect(lambda u: phi(u) ** 2) + 0.2, abs=1e-12)
+    assert chi1(dphi, q, 1.5) == pytest.approx(1.5 * expect(lambda u: dphi(u) ** 2), abs=1e-12)
