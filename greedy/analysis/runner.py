@@ -437,7 +437,8 @@ def layer_moments(net: GreedyNet, x: torch.Tensor, layers: list[Layer], seed: in
     net.eval()
 
     def outputs(inp: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(out for _, out in iter_layer_outputs(net, inp, layers))
+        # cloned as produced: a later in-place activation (timm's ReLU(inplace=True)) must not change them
+        return tuple(out.clone() for _, out in iter_layer_outputs(net, inp, layers))
 
     with torch.no_grad(), warnings.catch_warnings():
         # torch.func's first JVP scripts its decompositions with torch.jit.script, which warns that it is deprecated
@@ -525,7 +526,7 @@ def correlation_propagation(net: GreedyNet, xa: torch.Tensor, xb: torch.Tensor) 
         if found is not None:
             plain[j + 1] = found
             handles.append(found[1].register_forward_pre_hook(
-                lambda _m, inp, d=j + 1: captured.setdefault(d, []).append(inp[0].cpu())))
+                lambda _m, inp, d=j + 1: captured.setdefault(d, []).append(inp[0].to("cpu", copy=True))))
     try:
         for x in (xa, xb):
             net.forward_blocks(x.to(device))
