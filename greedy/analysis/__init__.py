@@ -1,5 +1,14 @@
 """Estimators that probe intermediate representations and weights of trained networks (pure functions)."""
 
+from greedy.analysis.chaos import (
+    chi1,
+    chi1_at_fixed_point,
+    correlation_map,
+    eoc_curve,
+    eoc_sigma_w,
+    fixed_point_q,
+    variance_map,
+)
 from greedy.analysis.clustering import (
     bin_units,
     binned_entropy,
@@ -16,6 +25,13 @@ from greedy.analysis.information import (
     sp_mutual_information_layers,
     sp_mutual_information_noisy,
 )
+from greedy.analysis.moments import (
+    CovarianceSums,
+    channel_vectors,
+    effective_rank,
+    normalized_sensitivity,
+    signal_noise_moments,
+)
 from greedy.analysis.probes import knn_accuracy, linear_probe
 from greedy.analysis.regions import line_regions, relu_pattern_fn
 from greedy.analysis.robustness import implied_distance, noise_error_rates
@@ -25,9 +41,18 @@ from greedy.analysis.spectrum import esd, fit_power_law, weight_alpha, weight_ma
 __all__ = [
     "bin_units",
     "binned_entropy",
+    "channel_vectors",
+    "chi1",
+    "chi1_at_fixed_point",
     "cka_matrix",
+    "correlation_map",
+    "CovarianceSums",
+    "effective_rank",
+    "eoc_curve",
+    "eoc_sigma_w",
     "esd",
     "fit_power_law",
+    "fixed_point_q",
     "gaussian_entropy",
     "gaussian_mixture_entropy",
     "implied_distance",
@@ -37,14 +62,17 @@ __all__ = [
     "linear_probe",
     "nc1",
     "noise_error_rates",
+    "normalized_sensitivity",
     "reduce_dim",
     "relu_pattern_fn",
     "scatter_ratio",
     "scatter_traces",
+    "signal_noise_moments",
     "silhouette",
     "sp_mutual_information",
     "sp_mutual_information_layers",
     "sp_mutual_information_noisy",
+    "variance_map",
     "weight_alpha",
     "weight_matrices",
 ]

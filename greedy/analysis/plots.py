@@ -269,6 +269,68 @@ def plot_regions(runs: list[Run], path: Path) -> None:
     _save(fig, path)
 
 
+def _init_and_trained(ax: Axes, runs: list[Run], family: str, key: str, label: str = "") -> None:
+    """`key` of the trained net (solid) and `init_key` of the net at initialization (dotted) by depth."""
+    _depth_plot(ax, runs, family, key, f"{label} trained")
+    if any(f"init_{key}" in e for run in runs for e in run["results"][family]["layers"]):
+        _depth_plot(ax, runs, family, f"init_{key}", f"{label} init", style=":", marker=".")
+
+
+def plot_moments(runs: list[Run], path: Path) -> None:
+    """Normalized sensitivity chi, and effective ranks of the signal and the noise, by depth; init dotted."""
+    fig, axes = _figure(3, "Signal and noise moments by depth (Labatie 2019); dotted: at initialization")
+    _init_and_trained(axes[0], runs, "moments", "chi")
+    axes[0].axhline(1.0, color="gray", linestyle="--", linewidth=1)
+    _depth_axis(axes[0], runs, "moments", "chi", "normalized sensitivity chi (> 1: noise grows vs signal)")
+    _log_axis(axes[0])
+    for ax, key, what in ((axes[1], "reff_signal", "signal"), (axes[2], "reff_noise", "noise")):
+        _init_and_trained(ax, runs, "moments", key)
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+        _depth_axis(ax, runs, "moments", "Tr C / lambda_max", f"effective rank of the {what} (1: one-dimensional)")
+        _log_axis(ax)
+    _save(fig, path)
+
+
+def plot_chaos(runs: list[Run], path: Path) -> None:
+    """Pair correlations by depth against the mean-field map, and the layers on the edge-of-chaos plane."""
+    fig, axes = _figure(2, "Signal propagation and the edge of chaos (Poole et al. 2016, Hayou et al. 2019)")
+    ax = axes[0]
+    _init_and_trained(ax, runs, "chaos", "c", " measured")
+    for color, run in zip(COLORS, runs, strict=False):
+        for prefix, marker in (("", "s"), ("init_", "^")):
+            xs, ys = _series(run, "chaos", f"{prefix}c_pred", ("block",))
+            if np.isfinite(ys).any():
+                ax.plot(xs, ys, linestyle="none", marker=marker, markerfacecolor="none", color=color,
+                        label=f"{run['label']} {'init' if prefix else 'trained'}: one-step map")
+    _depth_axis(ax, runs, "chaos", "correlation of input pairs", "pre-activation correlation (hollow: mean-field map)")
+    ax.legend(fontsize=6)
+    ax = axes[1]
+    eoc = {name: c for run in runs for name, c in run["results"]["chaos"]["eoc"].items()}
+    for style, (name, curve) in zip(("-", "--", "-.", ":"), eoc.items(), strict=False):
+        sw = np.array([_num(v) for v in curve["sigma_w"]])
+        ax.plot(curve["sigma_b"], sw, style, color="k", label=f"EOC {name}")
+        if np.isfinite(sw).sum() == 1:  # a single point (ReLU, linear: sigma_b = 0 only)
+            ax.plot(np.array(curve["sigma_b"])[np.isfinite(sw)], sw[np.isfinite(sw)], "*", color="k", markersize=12)
+    for color, run in zip(COLORS, runs, strict=False):
+        for prefix, face in (("init_", "none"), ("", color)):
+            rows = [e for e in run["results"]["chaos"]["layers"] if e.get(f"{prefix}sigma_w2") is not None]
+            xs = [np.sqrt(e[f"{prefix}sigma_b2"]) for e in rows]
+            ys = [np.sqrt(e[f"{prefix}sigma_w2"]) for e in rows]
+            ax.plot(xs, ys, "o", color=color, markerfacecolor=face, linestyle="none",
+                    label=f"{run['label']} {'init' if prefix else 'trained'}")
+            for e, xv, yv in zip(rows, xs, ys, strict=True):
+                ax.annotate(str(e["depth"]), (xv, yv), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                            color=color)
+    top = max([max(c["sigma_b"]) for c in eoc.values()] + [1.0])
+    ax.set_xlim(-0.03 * top, top)
+    ax.set_xlabel("sigma_b")
+    ax.set_ylabel("sigma_w = sqrt(fan_in Var W)")
+    ax.set_title("edge of chaos (chi_1 = 1); points: blocks (numbers: depth)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 PLOTS: dict[str, tuple[tuple[str, ...], Callable[[list[Run], Path], None]]] = {
     "probes.png": (("linear", "knn"), plot_probes),
     "clustering.png": (("clustering",), plot_clustering),
@@ -277,6 +339,8 @@ PLOTS: dict[str, tuple[tuple[str, ...], Callable[[list[Run], Path], None]]] = {
     "noise.png": (("noise",), plot_noise),
     "spectrum.png": (("spectrum",), plot_spectrum),
     "regions.png": (("regions",), plot_regions),
+    "moments.png": (("moments",), plot_moments),
+    "chaos.png": (("chaos",), plot_chaos),
 }
 
 

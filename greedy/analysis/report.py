@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from accelerate.utils import set_seed
 
 from greedy.analysis.plots import make_plots
 from greedy.analysis.runner import FAMILIES, AnalysisSettings, compare_cka, run_analysis
@@ -28,13 +31,14 @@ from greedy.checkpoint import RunDir
 from greedy.config import Config
 from greedy.data import DataBundle
 from greedy.errors import UsageError
-from greedy.models import GreedyNet
+from greedy.models import GreedyNet, create_greedy_net
 
 ANALYSIS_FILE = "analysis.json"
 PLOT_DIR = "analysis"
 FORMAT = 1
 DEFAULTS = AnalysisSettings()
 PACKAGES = ("greedy", "torch", "numpy", "scipy", "scikit-learn", "matplotlib")
+INIT_FAMILIES = ("moments", "chaos")  # families that also probe the net at initialization
 
 
 @dataclass
@@ -140,6 +144,21 @@ def check_flags(args: argparse.Namespace) -> list[str] | None:
 # running
 
 
+def initial_net(cfg: Config, data: DataBundle) -> GreedyNet:
+    """The net the run started from, rebuilt as train.py builds it: `set_seed(cfg.seed)`, then
+    `create_greedy_net` (the data loading in between draws no random numbers). The global random states of python,
+    numpy and torch (CPU) are restored afterwards."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            set_seed(cfg.seed)
+            return create_greedy_net(cfg, num_classes=data.num_classes, in_chans=data.in_chans,
+                                     img_size=data.img_size)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
 def trained_heads(cfg: Config, net: GreedyNet) -> list[int]:
     """1-based heads that training fitted: all of them greedily, only the last end to end."""
     return [net.num_stages] if cfg.mode == "e2e" else list(range(1, net.num_stages + 1))
@@ -184,7 +203,11 @@ def analyse(target: LoadedRun, names: list[str], settings: AnalysisSettings, oth
     runs, seconds = [], {}
     for role, item in zip("AB", loaded, strict=False):
         timings: dict[str, float] = {}
-        results = run_analysis(item.net, target.data, names, settings, trained_heads(item.cfg, item.net), timings)
+        init = None
+        if any(n in INIT_FAMILIES for n in names):
+            init = initial_net(item.cfg, item.data).to(next(item.net.parameters()).device)
+        results = run_analysis(item.net, target.data, names, settings, trained_heads(item.cfg, item.net), timings,
+                               init_net=init)
         runs.append({**run_info(item, role), "results": results})
         seconds[role] = timings
     analysis: dict[str, Any] = {
@@ -236,7 +259,8 @@ def summary_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
     res = run["results"]
     columns = {"linear": ("test_acc", "linear"), "knn": ("test_acc", "knn"), "clustering": ("nc1", "nc1"),
                "information": ("mi_nats", "I(X;T)"), "binned_entropy": ("h_bin", "H(Bin)"),
-               "regions": ("regions_per_length_per_neuron", "reg/len/unit")}
+               "regions": ("regions_per_length_per_neuron", "reg/len/unit"), "moments": ("chi", "chi"),
+               "chaos": ("c", "corr")}
     present = {fam: spec for fam, spec in columns.items() if fam in res}
     rows: dict[str, dict[str, Any]] = {}
     for fam, (key, col) in present.items():

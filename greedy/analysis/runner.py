@@ -21,8 +21,10 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from greedy.analysis.chaos import ACTIVATIONS, activation, chi1_at_fixed_point, correlation_map, eoc_curve
 from greedy.analysis.clustering import binned_entropy, nc1, scatter_traces, silhouette
 from greedy.analysis.information import reduce_dim, sp_mutual_information, sp_mutual_information_noisy
+from greedy.analysis.moments import LayerMoments, normalized_sensitivity
 from greedy.analysis.probes import knn_accuracy, linear_probe
 from greedy.analysis.regions import line_regions, relu_pattern_fn
 from greedy.analysis.representations import (
@@ -31,7 +33,9 @@ from greedy.analysis.representations import (
     Sample,
     block_prefix,
     head_model,
+    iter_layer_outputs,
     pool_map,
+    probe_layers,
     representations,
     seeded_sample,
 )
@@ -66,6 +70,9 @@ class AnalysisSettings:
     sigmas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # noise: std of the Gaussian input noise
     noise_samples: int = 16  # noise: draws per test input and sigma
     noise_heads: bool = False  # noise: also every trained intermediate head, not only the final model
+    moments_samples: int = 256  # moments: test inputs propagated with their noise (the first ones of the subset)
+    chaos_pairs: int = 64  # chaos: seeded pairs of test inputs whose correlation is propagated
+    chaos_eoc_points: int = 21  # chaos: sigma_b values of the plotted edge-of-chaos curve
     threads: int = 1  # CPU threads (torch and BLAS) while probing: many small problems, threads mostly contend
 
     def pick(self, *keys: str) -> dict[str, Any]:
@@ -82,6 +89,7 @@ class Context:
     data: DataBundle
     settings: AnalysisSettings
     trained_heads: list[int] = field(default_factory=list)  # 1-based heads that were trained
+    init_net: GreedyNet | None = None  # the net the run started from (same config and seed), if known
 
     @cached_property
     def train(self) -> Sample:
@@ -99,6 +107,10 @@ class Context:
     def layers(self, with_input: bool = True) -> list[Layer]:
         """Probed layers in order, the input first unless with_input is False."""
         return [la for la in self.reps.layers if with_input or la.kind != "input"]
+
+    def nets(self) -> list[tuple[str, GreedyNet]]:
+        """(key prefix, net): the trained net ("") and, when known, the net at initialization ("init_")."""
+        return [("", self.net)] + ([("init_", self.init_net)] if self.init_net is not None else [])
 
 
 def _plain(value: Any) -> Any:
@@ -408,6 +420,172 @@ def probe_noise(ctx: Context) -> dict[str, Any]:
                      "undefined)"}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# signal propagation, at initialization and after training
+
+
+def layer_moments(net: GreedyNet, x: torch.Tensor, layers: list[Layer], seed: int, batch_size: int = 256
+                  ) -> dict[str, dict[str, float]]:
+    """Labatie's moments of every layer's signal x^l and noise dx^l = J_l dx, dx ~ N(0, I) (a JVP per batch).
+
+    x: N x C x H x W inputs. Returns layer name -> `LayerMoments.summary()` plus chi (relative to "input", which
+    must be among `layers`). The noise powers are per unit input noise variance (the JVP is linear in dx).
+    """
+    device = next(net.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    acc = {la.name: LayerMoments() for la in layers}
+    net.eval()
+
+    def outputs(inp: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # cloned as produced: a later in-place activation (timm's ReLU(inplace=True)) must not change them
+        return tuple(out.clone() for _, out in iter_layer_outputs(net, inp, layers))
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch.func's first JVP scripts its decompositions with torch.jit.script, which warns that it is deprecated
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size].to(device)
+            dx = torch.randn(xb.shape, generator=gen).to(device=device, dtype=xb.dtype)
+            outs, tangents = torch.func.jvp(outputs, (xb,), (dx,))
+            for la, out, tangent in zip(layers, outs, tangents, strict=True):
+                acc[la.name].add(out, tangent)
+    res = {name: m.summary() for name, m in acc.items()}
+    x0 = res["input"]
+    for row in res.values():
+        row["chi"] = normalized_sensitivity(row["signal_power"], row["noise_power"], x0["signal_power"],
+                                            x0["noise_power"])
+    return res
+
+
+def probe_moments(ctx: Context) -> dict[str, Any]:
+    """Signal and noise moments by depth, at initialization and trained (Labatie 2019): power, chi, r_eff."""
+    s = ctx.settings
+    layers = probe_layers(ctx.net, s.heads)
+    n = min(s.moments_samples, ctx.test.x.shape[0])
+    results = {prefix: layer_moments(net, ctx.test.x[:n], layers, s.seed, s.batch_size) for prefix, net in ctx.nets()}
+    entries = [_entry(la, **{f"{prefix}{k}": v for prefix, res in results.items() for k, v in res[la.name].items()})
+               for la in layers]
+    return {"settings": {**s.pick("moments_samples"), "n": n, "init": ctx.init_net is not None},
+            "layers": entries,
+            "notes": "signal x^l and noise dx^l = J_l dx (forward-mode JVP, dx ~ N(0, I) in input units) on the first "
+                     "n test inputs; a map is read as one channel vector per input and position (C values; the "
+                     "input of a 1-channel image has r_eff 1 by construction); signal_power = mean channel variance "
+                     "over inputs and positions, noise_power = E[dx^2]; chi = sqrt((noise/signal power) / (the "
+                     "input's)): > 1 the net amplifies small input changes relative to the signal; r_eff = Tr C / "
+                     "lambda_max(C) of the centered covariance: -> 1 a one-dimensional (pathological) signal; "
+                     "init_*: the same on the net the run started from (its config and seed)"}
+
+
+_ACTIVATION_MODULES: dict[type, str] = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.ELU: "elu", nn.SELU: "selu",
+                                        nn.SiLU: "silu", nn.GELU: "gelu", nn.Identity: "linear"}
+
+
+def _plain_layer(block: nn.Module) -> tuple[nn.Module, nn.Module, str, bool] | None:
+    """(weight layer, activation module, activation name, batchnorm) of a block that is one conv/linear layer
+    followed by BatchNorm and an activation (a mean-field layer); None for others (residual blocks, several
+    layers: no single-layer map)."""
+    weights = [m for m in block.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    acts = [m for m in block.modules() if type(m) in _ACTIVATION_MODULES and type(m) is not nn.Identity]
+    if len(weights) != 1 or len(acts) != 1:
+        return None
+    bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in block.modules())
+    return weights[0], acts[0], _ACTIVATION_MODULES[type(acts[0])], bn
+
+
+def sigma_w2_b2(m: nn.Module) -> tuple[float, float]:
+    """Mean-field (sigma_w^2, sigma_b^2) of a conv/linear layer: fan_in x Var(W) (conv fan-in = in_channels /
+    groups x kernel area) and Var(b), 0 without a bias."""
+    w = m.weight.detach().double()
+    fan_in = w[0].numel()
+    sb2 = float(m.bias.detach().double().var(unbiased=False)) if m.bias is not None else 0.0
+    return fan_in * float(w.var(unbiased=False)), sb2
+
+
+def _pair_stats(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair: correlation <a, b> / (|a| |b|) over all units (flattened maps), and q = (|a|^2 + |b|^2) / (2 D)."""
+    a, b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
+    na, nb = (a * a).sum(1), (b * b).sum(1)
+    return (a * b).sum(1) / (na * nb).sqrt().clamp(min=1e-300), (na + nb) / (2 * a.shape[1])
+
+
+@torch.no_grad()
+def correlation_propagation(net: GreedyNet, xa: torch.Tensor, xb: torch.Tensor) -> list[dict[str, Any]]:
+    """Measured pre-activation correlation of input pairs (xa[i], xb[i]) by block, and its one-step mean-field
+    prediction from the layer before (Poole et al. 2016): c_pred^l = C_l(c^{l-1}; q^{l-1}) with block l's
+    (sigma_w^2, sigma_b^2) and the previous layer's activation (identity on the input).
+
+    Returns one dict per depth (0: the input): c (mean over pairs), q, and for plain blocks activation,
+    sigma_w2, sigma_b2, batchnorm, q_star, chi1 (at the layer's own fixed point), c_pred.
+    """
+    net.eval()
+    device = next(net.parameters()).device
+    captured: dict[int, list[torch.Tensor]] = {}
+    handles, plain = [], {}
+    for j, block in enumerate(net.blocks):
+        found = _plain_layer(block)
+        if found is not None:
+            plain[j + 1] = found
+            handles.append(found[1].register_forward_pre_hook(
+                lambda _m, inp, d=j + 1: captured.setdefault(d, []).append(inp[0].to("cpu", copy=True))))
+    try:
+        for x in (xa, xb):
+            net.forward_blocks(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    c_prev, q_prev = _pair_stats(xa, xb)
+    phi_prev = activation("linear")[0]
+    rows.append({"depth": 0, "c": float(c_prev.mean()), "q": float(q_prev.mean())})
+    for d in range(1, net.num_stages + 1):
+        if d not in plain:
+            rows.append({"depth": d, "c": None, "q": None})
+            c_prev = None
+            continue
+        weight, _, act, bn = plain[d]
+        sw2, sb2 = sigma_w2_b2(weight)
+        c, q = _pair_stats(*captured[d])
+        pred = None
+        if c_prev is not None:
+            pred = float(np.mean([correlation_map(float(ci), float(qi), phi_prev, sw2, sb2)
+                                  for ci, qi in zip(c_prev, q_prev, strict=True)]))
+        q_star, chi1 = chi1_at_fixed_point(act, sw2, sb2)
+        rows.append({"depth": d, "c": float(c.mean()), "q": float(q.mean()), "c_pred": pred, "activation": act,
+                     "sigma_w2": sw2, "sigma_b2": sb2, "batchnorm": bn, "q_star": q_star, "chi1": chi1})
+        c_prev, q_prev, phi_prev = c, q, activation(act)[0]
+    return rows
+
+
+def probe_chaos(ctx: Context) -> dict[str, Any]:
+    """Edge of chaos (Hayou et al. 2019; Poole et al. 2016): each block's (sigma_b, sigma_w) and chi_1, and the
+    measured propagation of input-pair correlations against the mean-field map, at initialization and trained."""
+    s, x = ctx.settings, ctx.test.x
+    pairs = _segment_pairs(x.shape[0], min(s.chaos_pairs, x.shape[0]), s.seed)
+    xa, xb = x[[i for i, _ in pairs]], x[[j for _, j in pairs]]
+    results = {prefix: correlation_propagation(net, xa, xb) for prefix, net in ctx.nets()}
+    layers = []
+    for d in range(len(results[""])):
+        la = Layer("input", 0, "input") if d == 0 else Layer(f"block{d}", d, "block")
+        layers.append(_entry(la, **{f"{prefix}{k}": v for prefix, res in results.items()
+                                    for k, v in res[d].items() if k != "depth"}))
+    acts = sorted({e[k] for e in layers for k in ("activation", "init_activation") if e.get(k)})
+    sbs = [e[k] for e in layers for k in ("sigma_b2", "init_sigma_b2") if e.get(k) is not None]
+    grid = np.linspace(0.0, max(1.0, 1.2 * math.sqrt(max(sbs, default=0.0))), s.chaos_eoc_points)
+    eoc = {a: {"sigma_b": grid.tolist(), "sigma_w": eoc_curve(a, grid)} for a in acts if a in ACTIVATIONS}
+    return {"settings": {**s.pick("chaos_pairs", "chaos_eoc_points"), "pairs": len(pairs),
+                         "init": ctx.init_net is not None},
+            "layers": layers, "eoc": eoc,
+            "notes": "per block: sigma_w2 = fan_in x Var(W), sigma_b2 = Var(b) (0 without a bias, as under "
+                     "BatchNorm), chi1 = sigma_w^2 E[phi'(sqrt(q*) z)^2] at the layer's own variance fixed point "
+                     "(< 1 ordered, > 1 chaotic, = 1 edge of chaos; null where q* is infinite); c = mean "
+                     "correlation over input pairs of the pre-activations (the input of the block's activation, "
+                     "whole maps flattened), c_pred = the mean-field correlation map applied to the layer before's "
+                     "measured (q, c). BatchNorm renormalizes every channel's variance (q is set by BN, not by the "
+                     "variance map) and centers over the batch, which the map does not model: with BN, c_pred is "
+                     "the map's shape at the measured q only. Residual or multi-layer blocks get no map (null). "
+                     "init_*: the net the run started from"}
+
+
 FAMILIES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "linear": probe_linear,
     "knn": probe_knn,
@@ -418,6 +596,8 @@ FAMILIES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "regions": probe_regions,
     "spectrum": probe_spectrum,
     "noise": probe_noise,
+    "moments": probe_moments,
+    "chaos": probe_chaos,
 }
 
 
@@ -434,9 +614,10 @@ def cpu_threads(n: int):
 
 
 def run_analysis(net: GreedyNet, data: DataBundle, names: Sequence[str], settings: AnalysisSettings | None = None,
-                 trained_heads: Sequence[int] | None = None, timings: dict[str, float] | None = None
-                 ) -> dict[str, Any]:
-    """Run the named probe families on `net` (eval mode); trained_heads are 1-based (None: all heads).
+                 trained_heads: Sequence[int] | None = None, timings: dict[str, float] | None = None,
+                 init_net: GreedyNet | None = None) -> dict[str, Any]:
+    """Run the named probe families on `net` (eval mode); trained_heads are 1-based (None: all heads); `init_net`,
+    the net the run started from, adds the init_* values of the moments and chaos families.
 
     Returns {"samples": ..., "layers": ..., family: result, ...}; per-family seconds go into `timings`.
     """
@@ -446,7 +627,9 @@ def run_analysis(net: GreedyNet, data: DataBundle, names: Sequence[str], setting
     settings = settings or AnalysisSettings()
     net.eval()
     heads = list(trained_heads) if trained_heads is not None else list(range(1, net.num_stages + 1))
-    ctx = Context(net, data, settings, heads)
+    if init_net is not None:
+        init_net.eval()
+    ctx = Context(net, data, settings, heads, init_net)
     out: dict[str, Any] = {"samples": _sample_info(ctx)}
     with cpu_threads(settings.threads):
         for name in names:

@@ -19,17 +19,18 @@ from greedy.analysis.runner import FAMILIES, AnalysisSettings, run_analysis
 from greedy.checkpoint import RunDir
 from greedy.data import create_datasets
 from greedy.errors import UsageError
-from greedy.models import GreedyNet
+from greedy.models import GreedyNet, create_greedy_net
 from tests.helpers import ROOT, cli, tree_digest
 
 TRAIN = ["-c", "configs/digits_k2.yaml", "--widths", "16,16,32", "--downsample", "3", "--epochs", "2", "--k", "1",
          "--no-progress"]
 SMALL = ["--analysis-samples", "200", "--mc-samples", "300", "--segments", "2", "--noise-samples", "4",
          "--sigmas", "0.5,1,2"]
-PNGS = {"probes", "clustering", "information", "cka", "cka_compare", "noise", "spectrum", "regions"}
+PNGS = {"probes", "clustering", "information", "cka", "cka_compare", "noise", "spectrum", "regions", "moments", "chaos"}
 # One torch thread: on a shared 2-core machine two OpenMP threads spin against other processes (5x slower).
 ENV = {"OMP_NUM_THREADS": "1"}
-PER_DEPTH = {"linear": 0, "knn": 0, "clustering": 0, "cka": 0, "binned_entropy": 1, "information": 1, "regions": 1}
+PER_DEPTH = {"linear": 0, "knn": 0, "clustering": 0, "cka": 0, "binned_entropy": 1, "information": 1, "regions": 1,
+             "moments": 0, "chaos": 0}
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,15 @@ def test_every_family_has_one_entry_per_depth(analysed):
         assert kept and res["spectrum"]["mean_alpha"] == pytest.approx(sum(kept) / len(kept))
         assert [m["model"] for m in res["noise"]["models"]] == ["final"]
         assert res["noise"]["sigmas"] == [0.5, 1.0, 2.0]
+        moments, chaos = res["moments"]["layers"], res["chaos"]["layers"]
+        assert moments[0]["chi"] == moments[0]["init_chi"] == 1.0 and res["moments"]["settings"]["n"] == 200
+        assert [e["dim"] for e in moments] == [1, 16, 16, 32] and all(e["init_reff_signal"] >= 1 for e in moments)
+        assert all(e["activation"] == e["init_activation"] == "relu" and e["batchnorm"] for e in chaos[1:])
+        assert chaos[1]["c_pred"] == pytest.approx(chaos[0]["c"])  # block 1: no bias, identity on the input
+        assert res["chaos"]["eoc"]["relu"]["sigma_w"][0] == pytest.approx(math.sqrt(2))
+    # both runs start from the same net (same config and seed): their init values agree
+    a, b = (run["results"]["chaos"]["layers"] for run in analysis["runs"])
+    assert [e.get("init_sigma_w2") for e in a] == [e.get("init_sigma_w2") for e in b] and a[1]["init_sigma_w2"] > 0
     assert {"torch", "numpy", "scikit-learn", "greedy", "python"} <= set(analysis["versions"])
     assert analysis["settings"]["samples"] == 200 and analysis["settings"]["mc_samples"] == 300
 
@@ -171,7 +181,8 @@ def test_wandb_logs_a_new_analysis_run_in_the_experiment_group(analysed, runs, t
     record, history = _read_when_finished(runs / "a" / "analysis", read_offline_run)
     assert (record.job_type, record.run_group, record.display_name) == ("analysis", "cmp", "a-analysis")
     [row] = [r for r in history if "plots/probes/_type" in r]  # one step holds everything
-    assert {f"{k}/_type" for k in ("A/linear", "B/regions", "A/noise", "compare/cka")} <= set(row)
+    tables = ("A/linear", "B/regions", "A/noise", "compare/cka", "A/moments", "B/chaos")
+    assert {f"{k}/_type" for k in tables} <= set(row)
 
 
 def test_head_hidden_layers_are_probed_with_heads():
@@ -201,3 +212,32 @@ def test_analysis_takes_each_local_module_of_a_residual_net(tmp_path):
     assert sorted({e["depth"] for e in res["spectrum"]["layers"]}) == [1, 2, 3]
     assert all(math.isfinite(v) for v in _numbers(analysis))
     assert {p.stem for p in (tmp_path / "res" / "analysis").glob("*.png")} >= PNGS - {"cka_compare"}
+
+
+def test_initial_net_is_the_net_train_py_started_from(tmp_path, monkeypatch):
+    """report.initial_net rebuilds exactly the weights train.py created before its first step."""
+    import train
+    from greedy.analysis.report import initial_net
+
+    created = []
+
+    def spy(*args, **kwargs):
+        net = create_greedy_net(*args, **kwargs)
+        created.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+        return net
+
+    monkeypatch.setattr(train, "create_greedy_net", spy)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert train.main([*TRAIN, "--epochs", "1", "--seed", "3", "--out-dir", str(tmp_path), "--name", "r"]) == 0
+    run = RunDir.open(tmp_path / "r")
+    cfg = run.load_config()
+    data = create_datasets(cfg.dataset, augment="none")
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    rebuilt = initial_net(cfg, data).state_dict()
+    assert torch.rand(1) == before  # the caller's random state is left as it was
+    assert created and rebuilt.keys() == created[0].keys()
+    assert all(torch.equal(rebuilt[k], created[0][k]) for k in rebuilt)
+    trained = evaluate.load_trained(run)[2].state_dict()
+    assert not torch.equal(trained["blocks.0.conv.weight"], rebuilt["blocks.0.conv.weight"])
