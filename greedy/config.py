@@ -379,8 +379,8 @@ def _check_pipeline(cfg: Config) -> None:
                          f"(mode is {cfg.mode}); pass --mode decoupled or --pipeline 1")
     if cfg.mixed_precision != "no" or cfg.grad_accum != 1:
         raise UsageError(f"config key 'pipeline': pipelined training runs in fp32 without accumulation "
-                         f"(mixed_precision is {cfg.mixed_precision}, grad_accum {cfg.grad_accum}); pass --mixed-precision no "
-                         "--grad-accum 1 or --pipeline 1")
+                         f"(mixed_precision is {cfg.mixed_precision}, grad_accum {cfg.grad_accum}); pass "
+                         "--mixed-precision no --grad-accum 1 or --pipeline 1")
     if cfg.pipeline > cfg.num_blocks:
         raise UsageError(f"config key 'pipeline': {cfg.pipeline} groups but the net has {cfg.num_blocks} blocks; "
                          "use at most one group per block")
