@@ -15,6 +15,7 @@ With one replica and the same threads the run is bit-identical to `--pipeline 1`
 
 from __future__ import annotations
 
+import re
 import resource
 import time
 from collections import deque
@@ -35,7 +36,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from greedy.builder import Stage
-from greedy.checkpoint import RunDir, check_finite
+from greedy.checkpoint import RunDir, check_finite, state_digest
 from greedy.config import Config
 from greedy.data import DataBundle, create_loaders
 from greedy.errors import PipelineLost, UsageError
@@ -157,6 +158,7 @@ class Pipeline:
                     self.replica_group = pg
         self.sending: deque = deque()
         self.wait_seconds = 0.0
+        self.run_path: Path | str = "RUN_DIR"
 
     def describe(self) -> str:
         return self.placement.describe(self.costs, bool(self.cfg.pipeline_split))
@@ -170,13 +172,13 @@ class Pipeline:
         try:
             yield
         except (RuntimeError, dist.DistError) as err:
-            reason = " ".join(str(err).split())[:160]
+            reason = re.sub(r"^\[[^\]]*\] ", "", " ".join(str(err).split())).split(". ")[0][:160]  # gloo's first line
             if peer is None and self.accelerator.num_processes == 2:
                 peer = 1 - self.placement.rank
             who = (f"pipeline process {peer} (group {peer // self.placement.replicas + 1})" if peer is not None
                    else "a pipeline process")
             raise PipelineLost(f"{who} was lost while {what} ({reason}); process {self.placement.rank} stops; the "
-                               "last complete epoch's state is kept: resume with --resume RUN_DIR") from None
+                               f"last complete epoch's state is kept: resume with --resume {self.run_path}") from None
 
     def _wait(self, work, peer: int, what: str) -> None:
         t0 = time.perf_counter()
@@ -268,6 +270,7 @@ class Pipeline:
         Raises PipelineLost when a peer is gone (nothing saved is touched), TrainingDiverged as train_stage does.
         """
         cfg, accelerator, p = self.cfg, self.accelerator, self.placement
+        self.run_path = run.path
         with self.talking_to(None, "starting"):
             return self._train(stage, cfg, accelerator, p, data, run, tracker, resume_from, say)
 
@@ -336,9 +339,10 @@ class Pipeline:
                                save_rank=lambda folder: self.save_rank(folder, parts, optimizers))
             tracker.flush_epochs()
         tracker.step = step
+        mine = self.figures(parts, optimizers, busy)  # before the assembly, which makes every replica equal
         with self.talking_to(None, "assembling the trained net"):
             self.assemble(stage)
-            return gather_object([self.figures(parts, optimizers, busy)])
+            return gather_object([mine])
 
     def train_one_epoch(self, stage: Stage, models: list[nn.Module], optimizers: list, loader: DataLoader,
                         prefix: nn.Module | None, tracker: Tracker, step: int,
@@ -431,7 +435,7 @@ class Pipeline:
     def figures(self, parts: list[nn.Module], optimizers: list, busy: list[float]) -> dict:
         """This process's blocks, busy fraction (1 - time waiting on its peers / epoch time, mean over epochs),
         peak memory (CUDA: allocated; CPU: the process's max RSS) and bytes held for its blocks (weights,
-        gradients, optimizer state)."""
+        gradients, optimizer state, BatchNorm statistics), and the sha256 of its blocks' weights."""
         p = self.placement
         params = [t for part in parts for t in part.parameters()]
         held = sum(t.numel() * t.element_size() for t in params) * 2  # weights + gradients
@@ -440,6 +444,8 @@ class Pipeline:
         held += sum(b.numel() * b.element_size() for part in parts for b in part.buffers())
         peak = (torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        digest = state_digest({f"{j}.{k}": v for j, part in zip(p.blocks(), parts, strict=True)
+                               for k, v in part.state_dict().items()})
         return {"rank": p.rank, "group": p.group + 1, "replica": p.replica,
                 "blocks": [j + 1 for j in p.blocks()], "busy_fraction": sum(busy) / max(len(busy), 1),
-                "peak_bytes": peak, "block_bytes": held}
+                "peak_bytes": peak, "block_bytes": held, "weights_digest": digest}
