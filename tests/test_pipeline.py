@@ -92,10 +92,9 @@ def test_a_killed_process_stops_the_other_and_resume_is_bit_identical(runs, tmp_
     procs = launch(2, *TINY, "--pipeline", "2", "--pipeline-timeout", "20", "--out-dir", str(tmp_path), "--name",
                    "killed", logs=tmp_path / "logs")
     run = tmp_path / "killed"
-    deadline = time.time() + 120
+    deadline, log0 = time.time() + 120, tmp_path / "logs" / "rank0.log"
     while not (run / "state-s2-e0" / "COMPLETE").exists():  # killed in epoch 2, epoch 1's state saved
-        assert time.time() < deadline and all(p.poll() is None for p in procs), (tmp_path / "logs/rank0.log").read_text(
-        )
+        assert time.time() < deadline and all(p.poll() is None for p in procs), log0.read_text()
         time.sleep(0.01)
     procs[victim].send_signal(signal.SIGKILL)
     t0 = time.time()
