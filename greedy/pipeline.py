@@ -46,6 +46,7 @@ from greedy.tracking import Tracker
 from greedy.trainer import DivergenceCheck, _fit, accuracy_counts, as_input, make_optimizer, make_scheduler
 
 IN_FLIGHT = 2  # batches a process receives ahead of, and sends behind, the one it computes
+COMMUNICATION_ERROR = re.compile(r"gloo|nccl|connection|timed out|timeout|peer|socket", re.IGNORECASE)
 
 
 def block_costs(net: GreedyNet, in_chans: int, img_size: int) -> list[int]:
@@ -168,10 +169,12 @@ class Pipeline:
     @contextmanager
     def talking_to(self, peer: int | None, what: str) -> Iterator[None]:
         """Turn a torch.distributed failure (peer gone, timeout) into PipelineLost naming the peer (None: a
-        collective, any process)."""
+        collective, any process); other errors pass unchanged."""
         try:
             yield
-        except (RuntimeError, dist.DistError) as err:
+        except RuntimeError as err:  # dist.DistError is one; gloo and DDP raise plain RuntimeErrors too
+            if not isinstance(err, dist.DistError) and not COMMUNICATION_ERROR.search(str(err)):
+                raise  # not a peer's loss (a bug, out of memory): as it is
             reason = re.sub(r"^\[[^\]]*\] ", "", " ".join(str(err).split())).split(". ")[0][:160]  # gloo's first line
             if peer is None and self.accelerator.num_processes == 2:
                 peer = 1 - self.placement.rank
@@ -271,7 +274,7 @@ class Pipeline:
         """
         cfg, accelerator, p = self.cfg, self.accelerator, self.placement
         self.run_path = run.path
-        with self.talking_to(None, "starting"):
+        with self.talking_to(None, "training"):
             return self._train(stage, cfg, accelerator, p, data, run, tracker, resume_from, say)
 
     def _train(self, stage, cfg, accelerator, p, data, run, tracker, resume_from, say) -> list[dict]:

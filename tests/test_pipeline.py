@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import train
 from greedy.config import build_config, load_yaml
-from greedy.errors import UsageError
+from greedy.errors import PipelineLost, UsageError
 from greedy.models import check_shapes
 from greedy.pipeline import Pipeline, balanced_split
 from tests.helpers import ROOT, user_env
@@ -144,3 +144,16 @@ def test_processes_must_be_a_multiple_of_the_groups():
         Pipeline(cfg, three, check_shapes(cfg, 1, 8), 1, 8)
     assert str(err.value) == ("--pipeline 2: 3 process(es) are not a multiple of 2 groups; launch 2 x D processes "
                               "(e.g. --num_processes 2)")
+
+
+def test_only_communication_failures_become_a_lost_process():
+    cfg = build_config({**load_yaml("configs/digits_k2.yaml"), "mode": "decoupled", "pipeline": 2})
+    two = SimpleNamespace(num_processes=2, process_index=1, device=torch.device("cpu"))
+    pipe = Pipeline(cfg, two, check_shapes(cfg, 1, 8), 1, 8)
+    with pytest.raises(PipelineLost) as err, pipe.talking_to(0, "receiving a batch"):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:1. This is ...")
+    assert str(err.value) == ("pipeline process 0 (group 1) was lost while receiving a batch (Connection closed by "
+                              "peer [127.0.0.1]:1); process 1 stops; the last complete epoch's state is kept: resume "
+                              "with --resume RUN_DIR")
+    with pytest.raises(RuntimeError, match="^shape mismatch$"), pipe.talking_to(0, "receiving a batch"):
+        raise RuntimeError("shape mismatch")  # a bug or out of memory is not a lost peer
