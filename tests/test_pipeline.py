@@ -18,7 +18,7 @@ import train
 from greedy.config import build_config, load_yaml
 from greedy.errors import PipelineLost, UsageError
 from greedy.models import check_shapes
-from greedy.pipeline import Pipeline, balanced_split
+from greedy.pipeline import Pipeline, Placement, balanced_split
 from tests.helpers import ROOT, user_env
 
 TINY = ["-c", "configs/digits_k2.yaml", "--widths", "16,16,32", "--downsample", "3", "--epochs", "3",
@@ -157,3 +157,13 @@ def test_only_communication_failures_become_a_lost_process():
                               "with --resume RUN_DIR")
     with pytest.raises(RuntimeError, match="^shape mismatch$"), pipe.talking_to(0, "receiving a batch"):
         raise RuntimeError("shape mismatch")  # a bug or out of memory is not a lost peer
+
+
+def test_placement_of_two_groups_of_two_replicas():
+    ranks = [Placement((3, 1), 2, rank) for rank in range(4)]
+    assert [(p.group, p.replica, list(p.blocks())) for p in ranks] == [
+        (0, 0, [0, 1, 2]), (0, 1, [0, 1, 2]), (1, 0, [3]), (1, 1, [3])]
+    assert [ranks[1].rank_of(1), ranks[2].rank_of(0), ranks[3].rank_of(1, 0)] == [3, 0, 2]  # replica d talks to d
+    assert ranks[0].describe([1, 1, 1, 3], explicit=True) == (
+        "pipeline: 2 groups x 2 replica(s) = 4 processes; pipeline_split, share of the step FLOPs (block + auxiliary "
+        "net, stem in group 1): group 1 = blocks 1-3 (50.0%), group 2 = block 4 (50.0%)")
