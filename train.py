@@ -5,6 +5,7 @@
     python train.py -c configs/digits_k2.yaml --mode decoupled
     python train.py --resume runs/NAME
     accelerate launch --multi_gpu --num_processes 8 train.py -c configs/imagenet_k3.yaml
+    accelerate launch --multi_gpu --num_processes 4 train.py -c configs/cifar10_k3.yaml --mode decoupled --pipeline 4
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from greedy.data import (
 )
 from greedy.errors import DIVERGED_EXIT, TrainingDiverged, UsageError, run_cli
 from greedy.models import check_shapes, create_greedy_net
+from greedy.pipeline import Pipeline
 from greedy.summary import describe_model, format_table, result_rows
 from greedy.tracking import Tracker
 from greedy.trainer import evaluate_heads, make_accelerator, train_stage
@@ -149,12 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {run.path} is finished (summary.json, model.safetensors); nothing to do. Evaluate it with "
               f"`python evaluate.py {run.path}`")
         return 0
-    check_model_shapes(cfg)  # refuse a net the images are too small for before anything is written
+    meta_net = check_model_shapes(cfg)  # refuse a net the images are too small for before anything is written
     if run is None:
         RunDir.new_path(cfg, Path(args.config).stem)  # a clear error now rather than after the data is loaded
 
     accelerator = make_accelerator(cfg)
     say = accelerator.print
+    pipe = None
+    if cfg.pipeline > 1:  # the blocks spread over the processes (greedy/pipeline.py)
+        info = dataset_info(cfg.dataset)
+        pipe = Pipeline(cfg, accelerator, meta_net, info.in_chans, cfg.img_size or info.img_size)
+        say(pipe.describe())
     set_seed(cfg.seed)  # the same initial weights on every rank
     use_cache = cache_enabled(cfg, say)
     data = create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size,
@@ -175,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         run = RunDir(Path(broadcast_object_list(holder)[0]))
     say(f"run directory: {run.path}")
     log_skipped_images(data, run.path / SKIPPED_IMAGES)
-    if accelerator.num_processes > 1 or cfg.grad_accum > 1:  # --batch-size is per process: say what it adds up to
-        say(f"global batch: {cfg.batch_size} per process x {accelerator.num_processes} processes x "
-            f"{cfg.grad_accum} accumulation steps = {cfg.batch_size * accelerator.num_processes * cfg.grad_accum}")
+    replicas = accelerator.num_processes // cfg.pipeline  # processes reading different data
+    if replicas > 1 or cfg.grad_accum > 1:  # --batch-size is per process: say what it adds up to
+        say(f"global batch: {cfg.batch_size} per process x {replicas} {'replicas' if pipe else 'processes'} x "
+            f"{cfg.grad_accum} accumulation steps = {cfg.batch_size * replicas * cfg.grad_accum}")
     tracker = Tracker(accelerator, cfg, run, say)
     resume = run.latest_state()
     replayed = tracker.replay(run.metrics_until(resume[:2] if resume else None, by_epoch=cfg.mode == "decoupled"))
@@ -185,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"W&B: logged {replayed} epoch record(s) from metrics.jsonl that the interrupted run had not saved")
 
     builder = GreedyBuilder(net, cfg.mode)
+    pipeline_figures: list[dict] = []
     cache = FeatureCache.for_run(cfg, accelerator, run.path, say) if use_cache else None
     try:
         for i in range(builder.num_stages):
@@ -198,8 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                 run.verify_state(resume_from)
                 if accelerator.is_main_process:
                     run.truncate_metrics(resume[0], resume[1], by_epoch=stage.decoupled)
-            stage, loaders, cache_seconds = stage_loaders(cfg, data, stage, cache, net, accelerator)
-            train_stage(stage, cfg, accelerator, loaders, run, tracker, resume_from, say, cache_seconds)
+            if pipe is not None:
+                pipeline_figures = pipe.train(stage, data, run, tracker, resume_from, say)
+            else:
+                stage, loaders, cache_seconds = stage_loaders(cfg, data, stage, cache, net, accelerator)
+                train_stage(stage, cfg, accelerator, loaders, run, tracker, resume_from, say, cache_seconds)
             if accelerator.is_main_process:
                 run.save_weights(weights, builder.stage_state_dict(stage))
             run.drop_states(accelerator)
@@ -217,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         say(f"warning: skipped {len(skipped)} unreadable image(s), listed in summary.json (skipped_images)")
     final.update(skipped_images=skipped)
+    if pipe is not None:
+        final.update(pipeline=pipeline_figures)
     if accelerator.is_main_process:
         run.save_weights(run.path / "model.safetensors",
                          {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})

@@ -10,6 +10,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -243,14 +244,23 @@ class RunDir:
                              "from the previous epoch")
         return stage, epoch, path
 
-    def save_state(self, accelerator, stage: int, epoch: int, extra: dict[str, Any]) -> None:
-        """accelerate.save_state into a temporary directory, renamed into place once complete."""
+    def save_state(self, accelerator, stage: int, epoch: int, extra: dict[str, Any],
+                   save_rank: Callable[[Path], None] | None = None) -> None:
+        """accelerate.save_state into a temporary directory, renamed into place once complete.
+
+        `save_rank(folder)`, when given, replaces accelerate's save_state: every process writes its own files
+        (`rank_files`) into the folder (pipelined training: each process holds different blocks)."""
         final = self.path / f"state-s{stage}-e{epoch}"
         tmp = self.path / f".tmp-state-s{stage}-e{epoch}"
-        if accelerator.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
+        if accelerator.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp), safe_serialization=True)
+        if save_rank is not None:
+            save_rank(tmp)
+        else:
+            accelerator.save_state(str(tmp), safe_serialization=True)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             (tmp / "progress.json").write_text(dumps({"stage": stage, "epoch": epoch, **extra}))
@@ -270,7 +280,7 @@ class RunDir:
             try:
                 if file.suffix == ".safetensors":
                     load_file(str(file))
-                elif file.suffix in (".bin", ".pkl"):
+                elif file.suffix in (".bin", ".pkl", ".pt"):
                     accelerate_load(file, map_location="cpu")
                 elif file.suffix == ".json":
                     json.loads(file.read_text())
@@ -286,6 +296,23 @@ class RunDir:
             raise UsageError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: "
                              f"{str(err).splitlines()[0] if str(err) else ''}); delete it to resume from the "
                              "stage before") from None
+
+    @staticmethod
+    def rank_files(path: Path, rank: int) -> tuple[Path, Path]:
+        """A process's own files in a state directory: (weights .safetensors, optimizer and RNG state .pt)."""
+        return path / f"rank{rank}.safetensors", path / f"rank{rank}.pt"
+
+    def load_rank_state(self, path: Path, rank: int) -> tuple[dict[str, torch.Tensor], dict[str, Any],
+                                                                dict[str, Any]]:
+        """(weights, optimizer and RNG state, progress) that process `rank` saved with `save_state(save_rank=...)`;
+        raises UsageError for a missing or corrupt file (torch.load with weights_only: tensors and plain data)."""
+        weights, other = self.rank_files(path, rank)
+        try:
+            return (load_file(str(weights)), accelerate_load(other, map_location="cpu"),
+                    json.loads((path / "progress.json").read_text()))
+        except (SafetensorError, OSError, RuntimeError, EOFError, ValueError, KeyError) as err:
+            raise UsageError(f"checkpoint {path} has no readable state of process {rank} ({type(err).__name__}); "
+                             "resume with as many processes and --pipeline as the run had, or delete it") from None
 
     def drop_states(self, accelerator) -> None:
         """A finished stage keeps only its weights."""

@@ -29,7 +29,7 @@ DEVICE_DATA_MODES = ("auto", "on", "off")
 CACHE_DTYPES = ("auto", "fp32", "fp16", "bf16")
 # Keys that may differ on --resume: they change how a run executes, not what it computes.
 RESUME_MUTABLE = ("no_progress", "num_workers", "pin_memory", "persistent_workers", "data_dir", "cache_budget_gb",
-                  "cache_device_gb", "log_every", "strict_data", "finite_check_every")
+                  "cache_device_gb", "log_every", "strict_data", "finite_check_every", "pipeline_timeout")
 # Datasets whose files must exist on disk unless `download` is set.
 DISK_DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
 # timm schedulers whose learning rate is a function of the epoch alone ('plateau' needs a metric, 'none' no LR)
@@ -112,6 +112,11 @@ class Config:
     cache_device_gb: float = 4.0  # with device_data, GPU memory for cached features; beyond it they stay in RAM
     cache_dtype: str = "auto"  # auto (what the block computes in: mixed_precision's, else fp32) | fp32 | fp16 | bf16
     finite_check_every: int = 1  # steps between checks that the loss is finite (each costs a device sync)
+    # pipelined decoupled training (greedy/pipeline.py): the blocks split into `pipeline` contiguous groups, one per
+    # process (processes = pipeline x replicas); 1: every process holds every block
+    pipeline: int = 1
+    pipeline_split: list[int] = field(default_factory=list)  # blocks per group (sums to the blocks); []: balanced
+    pipeline_timeout: float = 300.0  # seconds a process waits for a peer before it reports it lost
 
     @property
     def num_units(self) -> int:
@@ -295,6 +300,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "cache_budget_gb": (0, math.inf, False, False),
     "cache_device_gb": (0, math.inf, False, False),
     "finite_check_every": (1, math.inf, False, False),
+    "pipeline": (1, math.inf, False, False),
+    "pipeline_timeout": (0, math.inf, True, False),
 }
 
 
@@ -366,11 +373,37 @@ def validate(cfg: Config, check_data: bool = True) -> None:
         raise UsageError("config key 'device_data': on holds an in-memory dataset on the accelerator; imagenet is "
                          "decoded from image folders by DataLoader workers: use --device-data auto or off")
     _check_optimizer(cfg)
+    _check_pipeline(cfg)
     if check_data and cfg.dataset in DISK_DATASETS and not cfg.download and not Path(cfg.data_dir).is_dir():
         raise UsageError(
             f"data directory {cfg.data_dir} for dataset '{cfg.dataset}' does not exist; "
             "pass --data-dir PATH (or --download true for cifar10/cifar100/fashion_mnist)"
         )
+
+
+def _check_pipeline(cfg: Config) -> None:
+    """pipeline > 1 needs mode decoupled, fp32, no accumulation, and at most one group per block; pipeline_split
+    gives every group at least one block and all the blocks."""
+    if cfg.pipeline_split and cfg.pipeline == 1:
+        raise UsageError(f"config key 'pipeline_split': {cfg.pipeline_split} needs --pipeline "
+                         f"{len(cfg.pipeline_split)} (the number of groups it lists)")
+    if cfg.pipeline == 1:
+        return
+    if cfg.mode != "decoupled":
+        raise UsageError(f"config key 'pipeline': {cfg.pipeline} groups pipeline the blocks of mode decoupled "
+                         f"(mode is {cfg.mode}); pass --mode decoupled or --pipeline 1")
+    if cfg.mixed_precision != "no" or cfg.grad_accum != 1:
+        raise UsageError(f"config key 'pipeline': pipelined training runs in fp32 without accumulation "
+                         f"(mixed_precision is {cfg.mixed_precision}, grad_accum {cfg.grad_accum}); pass "
+                         "--mixed-precision no --grad-accum 1 or --pipeline 1")
+    if cfg.pipeline > cfg.num_blocks:
+        raise UsageError(f"config key 'pipeline': {cfg.pipeline} groups but the net has {cfg.num_blocks} blocks; "
+                         "use at most one group per block")
+    split = cfg.pipeline_split
+    if split and (len(split) != cfg.pipeline or min(split) < 1 or sum(split) != cfg.num_blocks):
+        raise UsageError(f"config key 'pipeline_split': {split} must give each of the {cfg.pipeline} groups at "
+                         f"least one block, {cfg.num_blocks} blocks in all (e.g. "
+                         f"{[cfg.num_blocks - cfg.pipeline + 1] + [1] * (cfg.pipeline - 1)})")
 
 
 def _check_timm(cfg: Config) -> None:

@@ -155,6 +155,10 @@ class DeviceLoader(DataLoaderStateMixin):
         rank = self.process_index
         return torch.cat([b[rank * self.batch_size:(rank + 1) * self.batch_size] for b in per_batch])
 
+    def batch_sizes(self) -> list[int]:
+        """The sizes of this process's batches in the current epoch, without reading any data."""
+        return [len(b) for b in self.order().split(self.batch_size)]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.begin()
         try:

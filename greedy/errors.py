@@ -3,16 +3,19 @@
 - UsageError: bad input from the user (config, data, checkpoints, paths): exit code 2, before any work where
   possible.
 - TrainingDiverged: the loss became NaN or infinite: exit code 3, the last good state kept for a resume.
+- PipelineLost: a process of a pipelined run died or stopped answering: exit code 4, the saved state kept.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 USAGE_EXIT = 2
 DIVERGED_EXIT = 3
+PIPELINE_EXIT = 4
 
 
 class UsageError(Exception):
@@ -21,6 +24,11 @@ class UsageError(Exception):
 
 class TrainingDiverged(Exception):
     """A non-finite loss stopped training; the CLI prints the message on one line and exits with code 3."""
+
+
+class PipelineLost(Exception):
+    """A peer process of a pipelined run is gone; the CLI prints one line and exits at once with code 4 (the
+    process group cannot be shut down cleanly without the peer, so no exit handler runs)."""
 
 
 def one_line(err: BaseException) -> str:
@@ -48,8 +56,17 @@ def exit_code(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] |
     except TrainingDiverged as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return DIVERGED_EXIT
+    except PipelineLost as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return PIPELINE_EXIT
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int]) -> NoReturn:
-    """The entry point of a script: exit with `exit_code(main)`."""
-    sys.exit(exit_code(main))
+    """The entry point of a script: exit with `exit_code(main)`; a lost pipeline peer exits at once (os._exit), as
+    tearing down a process group whose peer is gone can block."""
+    code = exit_code(main)
+    if code == PIPELINE_EXIT:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

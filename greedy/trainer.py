@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, broadcast, set_seed
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
@@ -38,6 +39,9 @@ def make_accelerator(cfg: Config) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed,
                                                   non_blocking=cfg.pin_memory and torch.cuda.is_available()),
         step_scheduler_with_optimizer=False,
+        # pipelined runs: a peer that stops answering is reported after pipeline_timeout seconds, not 30 minutes
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.pipeline_timeout))]
+        if cfg.pipeline > 1 else None,
     )
     if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise UsageError("config key 'mixed_precision': fp16 does not run on a CPU (accelerate has no fp16 autocast "
