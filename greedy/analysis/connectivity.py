@@ -69,11 +69,12 @@ def linear_path(model: nn.Module, state_a: dict[str, torch.Tensor], state_b: dic
     """Evaluate the networks theta(a) = (1 - a) A + a B for every a in alphas.
 
     `model` gives the architecture (a deep copy is loaded with each point's weights; the model itself is not
-    changed); `evaluate(model_at_a)` (run in eval mode, without gradients) returns named numbers, collected into one list per name. When `bn_inputs`
-    (batches of training inputs, on the model's device) is given, every BatchNorm layer's running statistics are
-    recomputed at each point from them (torch.optim.swa_utils.update_bn: reset, train-mode passes with a
-    cumulative average, eval mode again); `forward(model)` picks the module whose forward those passes call
-    (default the model; e.g. one returning every head's logits, so that head BatchNorms are recomputed too).
+    changed); `evaluate(model_at_a)`, run in eval mode without gradients, returns named numbers, collected into one
+    list per name. When `bn_inputs` (batches of training inputs, on the model's device) is given, every BatchNorm
+    layer's running statistics are recomputed at each point from them (torch.optim.swa_utils.update_bn: reset,
+    train-mode passes with a cumulative average, eval mode again); `forward(model)` picks the module whose forward
+    those passes call (default the model; e.g. one returning every head's logits, so that head BatchNorms are
+    recomputed too).
     Returns {"alpha": alphas, name: [value per alpha], ...}.
     """
     work = copy.deepcopy(model)
