@@ -100,19 +100,21 @@ def gradient_moments(grads: Iterable[torch.Tensor], directions: torch.Tensor) ->
     "u_sigma_u": (r,) u_i^T Sigma u_i = mean (g_n . u_i)^2 - (gbar . u_i)^2}, accumulated in float64.
     Raises ValueError when there are no gradients.
     """
-    u = directions.double()
-    n, total, sq, proj_sq = 0, None, 0.0, torch.zeros(u.shape[1], dtype=torch.float64)
+    n, total, sq, proj_sq, u = 0, None, 0.0, None, None
     for chunk in grads:
-        g = chunk.detach().double().cpu()
+        g = chunk.detach().double()  # on the gradients' device: a chunk is n_c x D
+        if u is None:
+            u = directions.to(g.device, torch.float64)
+            total, proj_sq = torch.zeros_like(g[0]), torch.zeros(u.shape[1], dtype=torch.float64, device=g.device)
         n += g.shape[0]
-        total = g.sum(0) if total is None else total + g.sum(0)
+        total += g.sum(0)
         sq += float((g * g).sum())
         proj_sq += ((g @ u) ** 2).sum(0)
-    if total is None or n == 0:
+    if u is None or n == 0:
         raise ValueError("no per-sample gradients")
     mean = total / n
-    return {"n": n, "mean": mean, "trace": sq / n - float(mean @ mean),
-            "u_sigma_u": proj_sq / n - (mean @ u) ** 2}
+    return {"n": n, "mean": mean.cpu(), "trace": sq / n - float(mean @ mean),
+            "u_sigma_u": (proj_sq / n - (mean @ u) ** 2).cpu()}
 
 
 def anisotropy_indicator(eigvals: torch.Tensor, u_sigma_u: torch.Tensor, trace_h: float, trace_sigma: float,

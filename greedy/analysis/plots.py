@@ -311,15 +311,15 @@ def plot_connectivity(runs: list[Run], path: Path) -> None:
         final = p["model"] == "final"
         style = {"color": "k" if final else f"C{i}", "linestyle": "-" if final else "--", "marker": "o",
                  "markersize": 4, "linewidth": 2 if final else 1}
-        axes[0].plot(alphas, p["train_loss"], label=f"{p['model']} (barrier {p['train_loss_barrier']:.3g})", **style)
-        axes[1].plot(alphas, p["test_acc"], label=f"{p['model']} (error barrier {p['test_error_barrier']:.3g})",
+        loss, acc = [_num(v) for v in p["train_loss"]], [_num(v) for v in p["test_acc"]]
+        axes[0].plot(alphas, loss, label=f"{p['model']} (barrier {_num(p['train_loss_barrier']):.3g})", **style)
+        axes[1].plot(alphas, acc, label=f"{p['model']} (error barrier {_num(p['test_error_barrier']):.3g})",
                      **style)
         if final:
-            axes[0].plot(alphas[[0, -1]], [p["train_loss"][0], p["train_loss"][-1]], ":", color="gray",
-                         label="chord (final)")
+            axes[0].plot(alphas[[0, -1]], [loss[0], loss[-1]], ":", color="gray", label="chord (final)")
             for ax, key in ((axes[0], "stored_bn_train_loss"), (axes[1], "stored_bn_test_acc")):
-                ax.plot(alphas[[0, -1]], p[key], "x", color="gray", markersize=8,
-                        label="final, endpoints with their stored BatchNorm statistics")
+                ends = ", ".join(f"{_num(v):.3g}" for v in p[key])  # often far off the path: legend only
+                ax.plot([], [], " ", label=f"final at alpha 0, 1 with stored BatchNorm statistics: {ends}")
     bn = "BatchNorm statistics recomputed at every point" if conn["bn_recomputed"] else "no BatchNorm"
     axes[0].set_title(f"train loss (train subset; {bn})", fontsize=9)
     axes[1].set_title("test accuracy (test subset)", fontsize=9)

@@ -281,18 +281,24 @@ def summary_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
 
 def headline_lines(run: dict[str, Any], other_label: str = "B") -> list[str]:
     """One line per anisotropy view and connectivity path of a run (what the per-layer table cannot hold)."""
+    def f(value: Any, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)  # None: non-finite in analysis.json
+
     res, lines = run["results"], []
     for e in res.get("anisotropy", {}).get("layers", []):
-        lines.append(f"anisotropy {e['layer']}: Tr(H Sigma) {e['tr_h_sigma']:.4g} (top {e['rank']}, "
-                     f"{e['top_fraction']:.0%} of Tr(H)) vs isotropic {e['tr_h_sigma_iso']:.4g}: ratio "
-                     f"{e['ratio']:.4g}  (D={e['dim']}, n={e['n']})")
+        lines.append(f"anisotropy {e['layer']}: Tr(H Sigma) {f(e['tr_h_sigma'], '.4g')} (top {e['rank']}, "
+                     f"{f(e['top_fraction'], '.0%')} of Tr(H)) vs isotropic {f(e['tr_h_sigma_iso'], '.4g')}: ratio "
+                     f"{f(e['ratio'], '.4g')}  (D={e['dim']}, n={e['n']})")
     conn = res.get("connectivity", {})
     if conn.get("skipped"):
         lines.append(f"connectivity: skipped ({conn['notes']})")
     for p in conn.get("paths", []):
-        lines.append(f"connectivity {p['model']} -> {other_label}: train-loss barrier {p['train_loss_barrier']:.4f} "
-                     f"at alpha {p['train_loss_barrier_alpha']:.2f}, test-error barrier {p['test_error_barrier']:.4f}; "
-                     f"loss {p['train_loss'][0]:.4f} -> {max(p['train_loss']):.4f} (max) -> {p['train_loss'][-1]:.4f}")
+        loss = p["train_loss"]
+        top = max((v for v in loss if v is not None), default=None)
+        lines.append(f"connectivity {p['model']} -> {other_label}: train-loss barrier "
+                     f"{f(p['train_loss_barrier'], '.4f')} at alpha {f(p['train_loss_barrier_alpha'], '.2f')}, "
+                     f"test-error barrier {f(p['test_error_barrier'], '.4f')}; loss {f(loss[0], '.4f')} -> "
+                     f"{f(top, '.4f')} (max) -> {f(loss[-1], '.4f')}")
     return lines
 
 
