@@ -14,6 +14,7 @@ from greedy.analysis.report import (
     add_analysis_arguments,
     analyse,
     check_flags,
+    headline_lines,
     log_wandb,
     settings_from_args,
     summary_rows,
@@ -79,6 +80,8 @@ def run_layer_analysis(args, names: list[str], target: LoadedRun, argv: list[str
     path, pngs = write_outputs(target.run, analysis)
     for run in analysis["runs"]:
         print(f"\nanalysis of {run['label']}:\n{format_table(summary_rows(run))}")
+        for line in headline_lines(run, analysis["runs"][-1]["label"]):
+            print(line)
     print(f"\nanalysis ({', '.join(names)}) in {analysis['seconds']['total']:.1f}s: {path}, "
           f"{len(pngs)} plots in {path.parent / 'analysis'}")
     if args.wandb:

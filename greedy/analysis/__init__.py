@@ -1,5 +1,12 @@
 """Estimators that probe intermediate representations and weights of trained networks (pure functions)."""
 
+from greedy.analysis.anisotropy import (
+    anisotropy_indicator,
+    gradient_moments,
+    hutchinson_trace,
+    noise_anisotropy,
+    top_hessian_eigs,
+)
 from greedy.analysis.chaos import (
     chi1,
     chi1_at_fixed_point,
@@ -17,6 +24,7 @@ from greedy.analysis.clustering import (
     scatter_traces,
     silhouette,
 )
+from greedy.analysis.connectivity import barrier, interpolate_state, linear_path
 from greedy.analysis.information import (
     gaussian_entropy,
     gaussian_mixture_entropy,
@@ -39,6 +47,8 @@ from greedy.analysis.similarity import cka_matrix, linear_cka
 from greedy.analysis.spectrum import esd, fit_power_law, weight_alpha, weight_matrices
 
 __all__ = [
+    "anisotropy_indicator",
+    "barrier",
     "bin_units",
     "binned_entropy",
     "channel_vectors",
@@ -55,12 +65,17 @@ __all__ = [
     "fixed_point_q",
     "gaussian_entropy",
     "gaussian_mixture_entropy",
+    "gradient_moments",
+    "hutchinson_trace",
     "implied_distance",
+    "interpolate_state",
     "knn_accuracy",
     "line_regions",
     "linear_cka",
+    "linear_path",
     "linear_probe",
     "nc1",
+    "noise_anisotropy",
     "noise_error_rates",
     "normalized_sensitivity",
     "reduce_dim",
@@ -72,6 +87,7 @@ __all__ = [
     "sp_mutual_information",
     "sp_mutual_information_layers",
     "sp_mutual_information_noisy",
+    "top_hessian_eigs",
     "variance_map",
     "weight_alpha",
     "weight_matrices",

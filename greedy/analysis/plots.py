@@ -331,6 +331,69 @@ def plot_chaos(runs: list[Run], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_anisotropy(runs: list[Run], path: Path) -> None:
+    """Tr(H Sigma) and its isotropic equivalent per trained stage and for the whole net, and their ratio."""
+    views = list(dict.fromkeys(e["layer"] for run in runs for e in run["results"]["anisotropy"]["layers"]))
+    fig, axes = _figure(2, "SGD noise vs curvature (Zhu et al. 2019)", width=max(4.6, 1.0 * len(views) + 1.5))
+    offsets = np.linspace(-0.1, 0.1, len(runs)) if len(runs) > 1 else [0.0]
+    for color, run, off in zip(COLORS, runs, offsets, strict=False):
+        rows = run["results"]["anisotropy"]["layers"]
+        xs = np.array([views.index(e["layer"]) for e in rows], dtype=float) + off
+        axes[0].plot(xs, [_num(e["tr_h_sigma"]) for e in rows], "o", color=color,
+                     label=f"{run['label']}: Tr(H Sigma), top-{rows[0]['rank']}")
+        axes[0].plot(xs, [_num(e["tr_h_sigma_iso"]) for e in rows], "s", color=color, markerfacecolor="none",
+                     label=f"{run['label']}: Tr(H) Tr(Sigma) / D")
+        axes[1].plot(xs, [_num(e["ratio"]) for e in rows], "o", color=color, label=run["label"])
+        for xv, e in zip(xs, rows, strict=True):
+            axes[1].annotate(f"{_num(e['top_fraction']):.0%}", (xv, _num(e["ratio"])), textcoords="offset points",
+                             xytext=(5, -3), fontsize=7, color=color)
+    axes[1].axhline(1.0, color="gray", linestyle="--", linewidth=1, label="isotropic noise")
+    axes[0].set_title("indicator and its isotropic equivalent", fontsize=10)
+    axes[1].set_title("ratio (labels: top-r share of Tr(H))", fontsize=10)
+    axes[0].set_ylabel("per-sample gradient noise (batch size 1)")
+    axes[1].set_ylabel("Tr(H Sigma) / (Tr(H) Tr(Sigma) / D)")
+    for ax in axes:
+        values = [v for line in ax.get_lines() for v in np.asarray(line.get_ydata(), dtype=float) if v > 0]
+        if values:
+            _log_axis(ax, "y")
+        ax.set_xticks(range(len(views)), views)
+        ax.set_xlabel("trained problem (net: all blocks + final head)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_connectivity(runs: list[Run], path: Path) -> None:
+    """Train loss and test accuracy along the straight line from run A to run B, one curve per head."""
+    conn = runs[0]["results"]["connectivity"]
+    other = runs[1]["label"] if len(runs) > 1 else "B"
+    fig, axes = _figure(2, f"Linear path: alpha 0 = {runs[0]['label']}, alpha 1 = {other}")
+    alphas = np.array(conn["alphas"], dtype=float)
+    for i, p in enumerate(conn["paths"]):
+        final = p["model"] == "final"
+        style = {"color": "k" if final else f"C{i}", "linestyle": "-" if final else "--", "marker": "o",
+                 "markersize": 4, "linewidth": 2 if final else 1}
+        loss, acc = [_num(v) for v in p["train_loss"]], [_num(v) for v in p["test_acc"]]
+        axes[0].plot(alphas, loss, label=f"{p['model']} (barrier {_num(p['train_loss_barrier']):.3g})", **style)
+        axes[1].plot(alphas, acc, label=f"{p['model']} (error barrier {_num(p['test_error_barrier']):.3g})",
+                     **style)
+        if final:
+            axes[0].plot(alphas[[0, -1]], [loss[0], loss[-1]], ":", color="gray", label="chord (final)")
+            for ax, key in ((axes[0], "stored_bn_train_loss"), (axes[1], "stored_bn_test_acc")):
+                ends = ", ".join(f"{_num(v):.3g}" for v in p[key])  # often far off the path: legend only
+                ax.plot([], [], " ", label=f"final at alpha 0, 1 with stored BatchNorm statistics: {ends}")
+    bn = "BatchNorm statistics recomputed at every point" if conn["bn_recomputed"] else "no BatchNorm"
+    axes[0].set_title(f"train loss (train subset; {bn})", fontsize=9)
+    axes[1].set_title("test accuracy (test subset)", fontsize=9)
+    axes[0].set_ylabel("cross-entropy")
+    axes[1].set_ylabel("accuracy")
+    for ax in axes:
+        ax.set_xlabel("alpha")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 PLOTS: dict[str, tuple[tuple[str, ...], Callable[[list[Run], Path], None]]] = {
     "probes.png": (("linear", "knn"), plot_probes),
     "clustering.png": (("clustering",), plot_clustering),
@@ -341,6 +404,8 @@ PLOTS: dict[str, tuple[tuple[str, ...], Callable[[list[Run], Path], None]]] = {
     "regions.png": (("regions",), plot_regions),
     "moments.png": (("moments",), plot_moments),
     "chaos.png": (("chaos",), plot_chaos),
+    "anisotropy.png": (("anisotropy",), plot_anisotropy),
+    "connectivity.png": (("connectivity",), plot_connectivity),
 }
 
 
@@ -350,7 +415,7 @@ def make_plots(analysis: dict[str, Any], out_dir: Path) -> list[Path]:
     runs = analysis["runs"]
     written = []
     for name, (families, plot) in PLOTS.items():
-        if any(f in runs[0]["results"] for f in families):
+        if any(f in runs[0]["results"] and not runs[0]["results"][f].get("skipped") for f in families):
             plot(runs, out_dir / name)
             written.append(out_dir / name)
     compare = analysis.get("compare", {}).get("cka")

@@ -26,7 +26,7 @@ import torch
 from accelerate.utils import set_seed
 
 from greedy.analysis.plots import make_plots
-from greedy.analysis.runner import FAMILIES, AnalysisSettings, compare_cka, run_analysis
+from greedy.analysis.runner import FAMILIES, PAIRWISE, AnalysisSettings, compare_cka, run_analysis
 from greedy.checkpoint import RunDir
 from greedy.config import Config
 from greedy.data import DataBundle
@@ -89,6 +89,14 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--noise-samples", type=int, default=DEFAULTS.noise_samples, metavar="N",
                    help="noise: draws per input and sigma (default: %(default)s)")
     g.add_argument("--noise-heads", action="store_true", help="noise: every trained head, not only the final model")
+    g.add_argument("--aniso-rank", type=int, default=DEFAULTS.aniso_rank, metavar="R",
+                   help="anisotropy: top Hessian eigenpairs (default: %(default)s)")
+    g.add_argument("--aniso-samples", type=int, default=DEFAULTS.aniso_samples, metavar="N",
+                   help="anisotropy: train inputs for the Hessian and the per-sample gradients (default: %(default)s)")
+    g.add_argument("--aniso-probes", type=int, default=DEFAULTS.aniso_probes, metavar="M",
+                   help="anisotropy: Hutchinson probes for Tr(H) (default: %(default)s)")
+    g.add_argument("--path-points", type=int, default=DEFAULTS.path_points, metavar="N",
+                   help="connectivity: points from run A to the --compare run, ends included (default: %(default)s)")
 
 
 def _float_list(text: str) -> tuple[float, ...]:
@@ -115,6 +123,8 @@ def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
               "knn-k": (args.knn_k, 1), "info-dim": (args.info_dim, 1), "mc-samples": (args.mc_samples, 2),
               "segments": (args.segments, 1), "noise-samples": (args.noise_samples, 1),
               "analysis-threads": (args.analysis_threads, 1)}
+    checks.update({"aniso-rank": (args.aniso_rank, 1), "aniso-samples": (args.aniso_samples, 2),
+                   "aniso-probes": (args.aniso_probes, 2), "path-points": (args.path_points, 3)})
     for flag, (value, low) in checks.items():
         if value < low:
             raise UsageError(f"--{flag} must be at least {low}, got {value}")
@@ -127,6 +137,8 @@ def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
         seed=args.analysis_seed, knn_k=args.knn_k, beta=args.beta, info_dim=args.info_dim,
         mc_samples=args.mc_samples, segments=args.segments, sigmas=tuple(args.sigmas),
         noise_samples=args.noise_samples, noise_heads=args.noise_heads, threads=args.analysis_threads,
+        aniso_rank=args.aniso_rank, aniso_samples=args.aniso_samples, aniso_probes=args.aniso_probes,
+        path_points=args.path_points,
     )
 
 
@@ -137,7 +149,11 @@ def check_flags(args: argparse.Namespace) -> list[str] | None:
             if given:
                 raise UsageError(f"{flag} only applies to the layer analysis; add --analysis NAMES|all")
         return None
-    return parse_names(args.analysis)
+    names = parse_names(args.analysis)
+    alone = [n for n in PAIRWISE if n in names and "all" not in [a.strip() for a in args.analysis.split(",")]]
+    if alone and not args.compare:
+        raise UsageError(f"--analysis {alone[0]} needs two runs of one architecture; add --compare RUN_B")
+    return names
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -173,6 +189,17 @@ def check_comparable(a: LoadedRun, b: LoadedRun) -> None:
         raise UsageError(f"--compare {b.run.path}: runs see different data ({what}); compare runs on one dataset")
 
 
+def check_same_architecture(a: LoadedRun, b: LoadedRun) -> None:
+    """Two runs can be interpolated only if their weights have the same names and shapes."""
+    sa, sb = a.net.state_dict(), b.net.state_dict()
+    only = sorted(set(sa) ^ set(sb))
+    diff = ([f"{k} (only in {'A' if k in sa else 'B'})" for k in only]
+            or [f"{k} ({tuple(sa[k].shape)} vs {tuple(sb[k].shape)})" for k in sa if sa[k].shape != sb[k].shape])
+    if diff:
+        raise UsageError(f"--compare {b.run.path}: connectivity interpolates weights of one architecture, but the "
+                         f"runs differ at {diff[0]}; compare two seeds, or greedy and e2e, of one config")
+
+
 def run_info(loaded: LoadedRun, role: str) -> dict[str, Any]:
     """What identifies a run in analysis.json."""
     cfg, summary = loaded.cfg, loaded.run.read_summary()
@@ -200,14 +227,18 @@ def analyse(target: LoadedRun, names: list[str], settings: AnalysisSettings, oth
     loaded = [target] + ([other] if other is not None else [])
     if other is not None:
         check_comparable(target, other)
+        if any(n in PAIRWISE for n in names):
+            check_same_architecture(target, other)
     runs, seconds = [], {}
     for role, item in zip("AB", loaded, strict=False):
         timings: dict[str, float] = {}
         init = None
         if any(n in INIT_FAMILIES for n in names):
             init = initial_net(item.cfg, item.data).to(next(item.net.parameters()).device)
-        results = run_analysis(item.net, target.data, names, settings, trained_heads(item.cfg, item.net), timings,
-                               init_net=init)
+        pair = {"other": other.net, "other_heads": trained_heads(other.cfg, other.net)} if role == "A" and other else {}
+        own = names if role == "A" else [n for n in names if n not in PAIRWISE]  # a pair's path is run A's
+        results = run_analysis(item.net, target.data, own, settings, trained_heads(item.cfg, item.net), timings,
+                               init_net=init, **pair)
         runs.append({**run_info(item, role), "results": results})
         seconds[role] = timings
     analysis: dict[str, Any] = {
@@ -271,6 +302,29 @@ def summary_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
     return [rows[n] for n in dict.fromkeys(order) if n in rows]
 
 
+def headline_lines(run: dict[str, Any], other_label: str = "B") -> list[str]:
+    """One line per anisotropy view and connectivity path of a run (what the per-layer table cannot hold)."""
+    def f(value: Any, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)  # None: non-finite in analysis.json
+
+    res, lines = run["results"], []
+    for e in res.get("anisotropy", {}).get("layers", []):
+        lines.append(f"anisotropy {e['layer']}: Tr(H Sigma) {f(e['tr_h_sigma'], '.4g')} (top {e['rank']}, "
+                     f"{f(e['top_fraction'], '.0%')} of Tr(H)) vs isotropic {f(e['tr_h_sigma_iso'], '.4g')}: ratio "
+                     f"{f(e['ratio'], '.4g')}  (D={e['dim']}, n={e['n']})")
+    conn = res.get("connectivity", {})
+    if conn.get("skipped"):
+        lines.append(f"connectivity: skipped ({conn['notes']})")
+    for p in conn.get("paths", []):
+        loss = p["train_loss"]
+        top = max((v for v in loss if v is not None), default=None)
+        lines.append(f"connectivity {p['model']} -> {other_label}: train-loss barrier "
+                     f"{f(p['train_loss_barrier'], '.4f')} at alpha {f(p['train_loss_barrier_alpha'], '.2f')}, "
+                     f"test-error barrier {f(p['test_error_barrier'], '.4f')}; loss {f(loss[0], '.4f')} -> "
+                     f"{f(top, '.4f')} (max) -> {f(loss[-1], '.4f')}")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # W&B
 
@@ -315,6 +369,12 @@ def _family_tables(wandb: Any, wrun: Any, prefix: str, result: Any) -> dict[str,
         wrun.summary.update({f"{prefix}/{e['layer']}/{k}": v for e in result["layers"] for k, v in e.items()
                              if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "depth"})
         return {prefix: wandb.Table(columns=cols, data=[[e.get(c) for c in cols] for e in result["layers"]])}
+    if "paths" in result:
+        wrun.summary.update({f"{prefix}/{p['model']}/{k}": v for p in result["paths"] for k, v in p.items()
+                             if k.endswith(("_barrier", "_barrier_alpha"))})
+        rows = [[p["model"], a, loss, acc] for p in result["paths"]
+                for a, loss, acc in zip(result["alphas"], p["train_loss"], p["test_acc"], strict=True)]
+        return {prefix: wandb.Table(columns=["model", "alpha", "train_loss", "test_acc"], data=rows)}
     if "models" in result:
         rows = [[m["model"], s, err, d] for m in result["models"]
                 for s, err, d in zip(result["sigmas"], m["mean_error"], m["distance_from_mean_error"], strict=True)]

@@ -18,11 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from greedy.analysis.anisotropy import noise_anisotropy
 from greedy.analysis.chaos import ACTIVATIONS, activation, chi1_at_fixed_point, correlation_map, eoc_curve
 from greedy.analysis.clustering import binned_entropy, nc1, scatter_traces, silhouette
+from greedy.analysis.connectivity import has_batchnorm, linear_path, path_summary
 from greedy.analysis.information import reduce_dim, sp_mutual_information, sp_mutual_information_noisy
 from greedy.analysis.moments import LayerMoments, normalized_sensitivity
 from greedy.analysis.probes import knn_accuracy, linear_probe
@@ -74,6 +77,10 @@ class AnalysisSettings:
     chaos_pairs: int = 64  # chaos: seeded pairs of test inputs whose correlation is propagated
     chaos_eoc_points: int = 21  # chaos: sigma_b values of the plotted edge-of-chaos curve
     threads: int = 1  # CPU threads (torch and BLAS) while probing: many small problems, threads mostly contend
+    aniso_rank: int = 4  # anisotropy: top Hessian eigenpairs (Lanczos) in the low-rank Tr(H Sigma)
+    aniso_samples: int = 128  # anisotropy: train inputs (the first of the train subset) for H and Sigma
+    aniso_probes: int = 8  # anisotropy: Hutchinson probes for Tr(H)
+    path_points: int = 11  # connectivity: evenly spaced alphas from 0 (run A) to 1 (run B)
 
     def pick(self, *keys: str) -> dict[str, Any]:
         """The named settings, plus the sampling ones every family shares."""
@@ -90,6 +97,8 @@ class Context:
     settings: AnalysisSettings
     trained_heads: list[int] = field(default_factory=list)  # 1-based heads that were trained
     init_net: GreedyNet | None = None  # the net the run started from (same config and seed), if known
+    other: GreedyNet | None = None  # pairwise families: the run given with --compare (same architecture)
+    other_heads: list[int] = field(default_factory=list)  # 1-based heads trained in the other run
 
     @cached_property
     def train(self) -> Sample:
@@ -586,6 +595,125 @@ def probe_chaos(ctx: Context) -> dict[str, Any]:
                      "init_*: the net the run started from"}
 
 
+# the loss landscape: SGD noise at the trained weights, and the path between two runs
+
+
+def _stage_views(ctx: Context) -> list[tuple[str, int, nn.Module, torch.Tensor, list[str] | None]]:
+    """(view, depth, model, its inputs, its parameter names or None for all) of each trained problem.
+
+    A greedy or decoupled run trained every stage j: block j + head j on the frozen prefix's outputs (computed
+    once here). An e2e run trained one problem, the whole net, so it has no stage views. Every run gets the
+    whole-net view: all blocks and the final head on the inputs (the e2e problem).
+    """
+    net, s = ctx.net, ctx.settings
+    x = ctx.train.x[: s.aniso_samples]
+    device = next(net.parameters()).device
+    views = []
+    for d in ctx.trained_heads if len(ctx.trained_heads) > 1 else []:
+        with torch.no_grad():
+            feats = torch.cat([net.prefix(d - 1)(x[i:i + s.batch_size].to(device))
+                               for i in range(0, x.shape[0], s.batch_size)])
+        views.append((f"stage{d}", d, nn.Sequential(net.blocks[d - 1], net.heads[d - 1]), feats, None))
+    last = net.num_stages
+    names = [n for n, _ in net.named_parameters() if n.startswith(("stem.", "blocks.", f"heads.{last - 1}."))]
+    views.append(("net", last, net, x, names))
+    return views
+
+
+def probe_anisotropy(ctx: Context) -> dict[str, Any]:
+    """Tr(H Sigma) of the SGD noise against its isotropic equivalent Tr(H) Tr(Sigma) / D (Zhu et al. 2019), for
+    every trained stage and the whole net; cross-entropy without weight decay, BatchNorm in eval mode."""
+    s = ctx.settings
+    ctx.net.eval()
+    y = ctx.train.y[: s.aniso_samples]
+    layers = []
+    for view, depth, model, x, params in _stage_views(ctx):
+        res = noise_anisotropy(model, x, y, rank=s.aniso_rank, probes=s.aniso_probes, seed=s.seed, params=params,
+                               batch_size=s.batch_size)
+        kind = "net" if view == "net" else "stage"
+        layers.append({"layer": view, "depth": depth, "kind": kind, **res})
+    return {
+        "settings": s.pick("aniso_rank", "aniso_samples", "aniso_probes", "batch_size"), "layers": layers,
+        "notes": (
+            "views: stage j = block j + head j on the frozen prefix's outputs (trained stages of a greedy or "
+            "decoupled run), net = all blocks + the final head on the inputs. H: Hessian of the mean "
+            "cross-entropy (weight decay left out: it adds weight_decay * I) on the first aniso_samples inputs of "
+            "the train subset, BatchNorm in eval mode (running statistics; so each sample's gradient is defined); "
+            "Sigma: covariance (1/n) of the per-sample gradients there (SGD with batch B has Sigma / B: the ratio "
+            "is the same). tr_h_sigma = sum over the top aniso_rank eigenpairs of lambda_i u_i^T Sigma u_i: a lower "
+            "bound of Tr(H Sigma) if H is PSD on the rest (top_fraction = their share of Tr(H)); tr_h_sigma_iso = "
+            "Tr(H) Tr(Sigma) / D; ratio 1 is isotropic noise, larger means noise along the sharp directions. "
+            "Tr(H) by deflated Hutchinson (trace_h_stderr); mean_grad_sq = ||mean gradient||^2 (0 at a minimum)"
+        ),
+    }
+
+
+class _Heads(nn.Module):
+    """A GreedyNet whose forward gives every head's logits (BatchNorm recomputation passes through all heads)."""
+
+    def __init__(self, net: GreedyNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.net.forward_heads(x)
+
+
+def probe_connectivity(ctx: Context) -> dict[str, Any]:
+    """Train loss and test accuracy along the straight line from this run (alpha 0) to the compared one (alpha 1),
+    and the barrier height, for the final head and every head trained in both runs (Nguyen et al. 2019)."""
+    s, net = ctx.settings, ctx.net
+    settings = s.pick("path_points")
+    if ctx.other is None:
+        return {"settings": settings, "skipped": True,
+                "notes": "needs two runs of one architecture: evaluate.py RUN --compare OTHER --analysis connectivity"}
+    device = next(net.parameters()).device
+    heads = sorted(set(ctx.trained_heads) & set(ctx.other_heads) | {net.num_stages})
+    batches = lambda x: [x[i:i + s.batch_size].to(device) for i in range(0, x.shape[0], s.batch_size)]  # noqa: E731
+    train_x, test_x = batches(ctx.train.x), batches(ctx.test.x)
+    train_y, test_y = batches(ctx.train.y), batches(ctx.test.y)
+
+    @torch.no_grad()
+    def evaluate(model: GreedyNet) -> dict[str, float]:
+        sums = torch.zeros(2, len(heads), dtype=torch.float64)
+        for xs, ys, row in ((train_x, train_y, 0), (test_x, test_y, 1)):
+            for xb, yb in zip(xs, ys, strict=True):
+                logits = model.forward_heads(xb)
+                for i, d in enumerate(heads):
+                    lg = logits[d - 1].float()
+                    sums[row, i] += (F.cross_entropy(lg, yb, reduction="sum") if row == 0
+                                     else (lg.argmax(1) == yb).sum()).double().cpu()
+        loss, acc = sums[0] / ctx.train.y.shape[0], sums[1] / ctx.test.y.shape[0]
+        return {**{f"train_loss{d}": float(v) for d, v in zip(heads, loss, strict=True)},
+                **{f"test_acc{d}": float(v) for d, v in zip(heads, acc, strict=True)}}
+
+    stored = [evaluate(m.eval()) for m in (net, ctx.other)]  # the endpoints with their own BatchNorm statistics
+    alphas = np.linspace(0.0, 1.0, s.path_points).tolist()
+    curves = linear_path(net, net.state_dict(), ctx.other.state_dict(), alphas, evaluate,
+                         bn_inputs=train_x if has_batchnorm(net) else None, forward=_Heads)
+    paths = []
+    for d in heads:
+        loss, acc = curves[f"train_loss{d}"], curves[f"test_acc{d}"]
+        error = {"alpha": alphas, "test_error": [1.0 - a for a in acc]}
+        paths.append({"model": "final" if d == net.num_stages else f"head{d}", "depth": d, "train_loss": loss,
+                      "test_acc": acc, **path_summary({"alpha": alphas, "train_loss": loss}, ["train_loss"]),
+                      **path_summary(error, ["test_error"]),
+                      "stored_bn_train_loss": [e[f"train_loss{d}"] for e in stored],
+                      "stored_bn_test_acc": [e[f"test_acc{d}"] for e in stored]})
+    return {
+        "settings": settings, "alphas": alphas, "paths": paths, "bn_recomputed": has_batchnorm(net),
+        "notes": (
+            "theta(a) = (1 - a) theta_A + a theta_B, A = this run, B = the compared one; final: all blocks and the "
+            "last head (the assembled net); headJ: blocks 1..J and head J interpolated (the auxiliary problem of "
+            "stage J), for heads trained in both runs. train_loss: cross-entropy on the train subset; test_acc on "
+            "the test subset. Barrier = max_a [v(a) - ((1 - a) v(0) + a v(1))] >= 0 (0: no rise above the chord). "
+            "BatchNorm running statistics are not interpolated: they are recomputed at every point, endpoints "
+            "included, from the train subset (train-mode passes, cumulative average; update_bn); "
+            "stored_bn_*: the endpoints A, B with their own running statistics, for reference"
+        ),
+    }
+
+
 FAMILIES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "linear": probe_linear,
     "knn": probe_knn,
@@ -598,7 +726,10 @@ FAMILIES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "noise": probe_noise,
     "moments": probe_moments,
     "chaos": probe_chaos,
+    "anisotropy": probe_anisotropy,
+    "connectivity": probe_connectivity,
 }
+PAIRWISE = ("connectivity",)  # families of two runs: computed once, in run A's results, with --compare
 
 
 @contextmanager
@@ -615,9 +746,11 @@ def cpu_threads(n: int):
 
 def run_analysis(net: GreedyNet, data: DataBundle, names: Sequence[str], settings: AnalysisSettings | None = None,
                  trained_heads: Sequence[int] | None = None, timings: dict[str, float] | None = None,
-                 init_net: GreedyNet | None = None) -> dict[str, Any]:
+                 init_net: GreedyNet | None = None, other: GreedyNet | None = None,
+                 other_heads: Sequence[int] | None = None) -> dict[str, Any]:
     """Run the named probe families on `net` (eval mode); trained_heads are 1-based (None: all heads); `init_net`,
-    the net the run started from, adds the init_* values of the moments and chaos families.
+    the net the run started from, adds the init_* values of the moments and chaos families; `other` (with its
+    trained `other_heads`, None: all) is the second run the PAIRWISE families need.
 
     Returns {"samples": ..., "layers": ..., family: result, ...}; per-family seconds go into `timings`.
     """
@@ -630,6 +763,9 @@ def run_analysis(net: GreedyNet, data: DataBundle, names: Sequence[str], setting
     if init_net is not None:
         init_net.eval()
     ctx = Context(net, data, settings, heads, init_net)
+    if other is not None:
+        ctx.other = other
+        ctx.other_heads = list(other_heads) if other_heads is not None else list(range(1, other.num_stages + 1))
     out: dict[str, Any] = {"samples": _sample_info(ctx)}
     with cpu_threads(settings.threads):
         for name in names:

@@ -9,13 +9,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import evaluate
-from greedy.analysis.report import LoadedRun, check_flags, json_safe, log_wandb, parse_names, settings_from_args
-from greedy.analysis.runner import FAMILIES, AnalysisSettings, run_analysis
+from greedy.analysis.report import (
+    LoadedRun,
+    check_flags,
+    check_same_architecture,
+    json_safe,
+    log_wandb,
+    parse_names,
+    settings_from_args,
+)
+from greedy.analysis.runner import FAMILIES, PAIRWISE, AnalysisSettings, run_analysis
 from greedy.checkpoint import RunDir
 from greedy.data import create_datasets
 from greedy.errors import UsageError
@@ -25,8 +34,10 @@ from tests.helpers import ROOT, cli, tree_digest
 TRAIN = ["-c", "configs/digits_k2.yaml", "--widths", "16,16,32", "--downsample", "3", "--epochs", "2", "--k", "1",
          "--no-progress"]
 SMALL = ["--analysis-samples", "200", "--mc-samples", "300", "--segments", "2", "--noise-samples", "4",
-         "--sigmas", "0.5,1,2"]
-PNGS = {"probes", "clustering", "information", "cka", "cka_compare", "noise", "spectrum", "regions", "moments", "chaos"}
+         "--sigmas", "0.5,1,2", "--aniso-samples", "32", "--aniso-rank", "2", "--aniso-probes", "2",
+         "--path-points", "3"]
+PNGS = {"probes", "clustering", "information", "cka", "cka_compare", "noise", "spectrum", "regions", "moments", "chaos",
+        "anisotropy", "connectivity"}
 # One torch thread: on a shared 2-core machine two OpenMP threads spin against other processes (5x slower).
 ENV = {"OMP_NUM_THREADS": "1"}
 PER_DEPTH = {"linear": 0, "knn": 0, "clustering": 0, "cka": 0, "binned_entropy": 1, "information": 1, "regions": 1,
@@ -75,7 +86,7 @@ def test_every_family_has_one_entry_per_depth(analysed):
     assert [r["mode"] for r in analysis["runs"]] == ["greedy", "e2e"]
     for run in analysis["runs"]:
         res = run["results"]
-        assert set(FAMILIES) <= set(res)
+        assert set(FAMILIES) - (set(PAIRWISE) if run["role"] == "B" else set()) <= set(res)  # a path is A's
         for fam, first in PER_DEPTH.items():
             assert [e["depth"] for e in res[fam]["layers"]] == list(range(first, 4)), fam
             assert "settings" in res[fam] and res[fam]["settings"]["samples"] == 200
@@ -87,6 +98,9 @@ def test_every_family_has_one_entry_per_depth(analysed):
         kept = [e["alpha"] for e in spectrum if e["reliable"] and e["trained"]]
         assert kept and res["spectrum"]["mean_alpha"] == pytest.approx(sum(kept) / len(kept))
         assert [m["model"] for m in res["noise"]["models"]] == ["final"]
+        views = [(e["layer"], e["depth"], e["rank"], e["n"]) for e in res["anisotropy"]["layers"]]
+        stages = [(f"stage{d}", d, 2, 32) for d in (1, 2, 3)] if run["mode"] == "greedy" else []  # e2e: one problem
+        assert views == [*stages, ("net", 3, 2, 32)]
         assert res["noise"]["sigmas"] == [0.5, 1.0, 2.0]
         moments, chaos = res["moments"]["layers"], res["chaos"]["layers"]
         assert moments[0]["chi"] == moments[0]["init_chi"] == 1.0 and res["moments"]["settings"]["n"] == 200
@@ -123,6 +137,14 @@ def test_numbers_are_finite_and_in_range(analysed):
     compare = torch.tensor(analysis["compare"]["cka"]["matrix"])
     assert compare.shape == (4, 4) and bool(((compare >= -1e-9) & (compare <= 1 + 1e-9)).all())
     assert compare[0, 0] == pytest.approx(1.0)  # both runs see the same inputs
+    for e in analysis["runs"][0]["results"]["anisotropy"]["layers"]:
+        assert e["trace_sigma"] > 0 and e["lambda_max"] >= e["lambda_min_top"] and len(e["eigenvalues"]) == 2
+        assert e["tr_h_sigma_iso"] == pytest.approx(e["trace_h"] * e["trace_sigma"] / e["dim"])  # Tr(H): 2 probes
+    conn = analysis["runs"][0]["results"]["connectivity"]
+    assert conn["alphas"] == [0.0, 0.5, 1.0] and conn["bn_recomputed"]
+    [final] = conn["paths"]  # greedy vs e2e: only the last head is trained in both
+    assert final["model"] == "final" and final["train_loss_barrier"] >= 0 and len(final["test_acc"]) == 3
+    assert all(0 <= a <= 1 for a in final["test_acc"] + final["stored_bn_test_acc"])
 
 
 def test_plots_and_summary_are_written_and_nothing_else_changes(analysed, runs):
@@ -134,6 +156,7 @@ def test_plots_and_summary_are_written_and_nothing_else_changes(analysed, runs):
     assert {k: v for k, v in after["a"].items() if k not in new} == before["a"]  # model.safetensors etc.
     assert after["b"] == before["b"]  # the compared run is only read
     assert "final test accuracy" in proc.stdout and "analysis of a (greedy, k=1)" in proc.stdout
+    assert "anisotropy stage1: Tr(H Sigma)" in proc.stdout and "connectivity final -> b (e2e, k=1)" in proc.stdout
     assert "wandb imported: False" in proc.stdout
 
 
@@ -156,6 +179,40 @@ def test_names_and_flags():
         settings_from_args(parser.parse_args(["runs/x", "--analysis", "all", "--sigmas", "0,1"]))
     with pytest.raises(UsageError):
         parser.parse_args(["runs/x", "--analysis", "all", "--sigmas", "a,b"])
+    with pytest.raises(UsageError, match=r"^--analysis connectivity needs two runs of one architecture; add "
+                                         r"--compare RUN_B$"):
+        check_flags(parser.parse_args(["runs/x", "--analysis", "cka,connectivity"]))
+    assert "connectivity" in check_flags(parser.parse_args(["runs/x", "--analysis", "all"]))  # skipped, noted
+    with pytest.raises(UsageError, match="--path-points must be at least 3"):
+        settings_from_args(parser.parse_args(["runs/x", "--analysis", "all", "--path-points", "2"]))
+
+
+def test_connectivity_refuses_two_architectures():
+    data = create_datasets("digits", augment="none")
+    nets = [GreedyNet(w, data.num_classes, in_chans=1, k=1) for w in ([8, 8], [8, 16])]
+    loaded = [LoadedRun(SimpleNamespace(path=Path(f"runs/{n}")), None, data, net)
+              for n, net in zip("ab", nets, strict=True)]
+    with pytest.raises(UsageError, match=r"^--compare runs/b: connectivity interpolates weights of one "
+                                         r"architecture, but the runs differ at heads\.1\.bn\.weight \(\(8,\) vs "
+                                         r"\(16,\)\); compare two seeds, or greedy and e2e, of one config$"):
+        check_same_architecture(*loaded)
+
+
+def test_connectivity_of_two_greedy_nets_goes_module_by_module():
+    """Both endpoints train every head: one path per head (blocks 1..j and head j interpolated). Between a net and
+    itself every path is flat and every barrier 0, BatchNorm statistics recomputed at each point included."""
+    data = create_datasets("digits", augment="none")
+    torch.manual_seed(0)
+    a, b = GreedyNet([8, 8], data.num_classes, in_chans=1, k=2), GreedyNet([8, 8], data.num_classes, in_chans=1, k=2)
+    settings = AnalysisSettings(samples=100, path_points=5)
+    res = json_safe(run_analysis(a, data, ["connectivity"], settings, other=b))["connectivity"]
+    assert [p["model"] for p in res["paths"]] == ["head1", "final"] and res["alphas"] == [0, 0.25, 0.5, 0.75, 1]
+    same = json_safe(run_analysis(a, data, ["connectivity"], settings, other=a))["connectivity"]
+    for p in same["paths"]:
+        assert len(set(p["train_loss"])) == 1 and len(set(p["test_acc"])) == 1
+        assert abs(p["train_loss_barrier"]) < 1e-12 and abs(p["test_error_barrier"]) < 1e-12
+    alone = run_analysis(a, data, ["connectivity"], settings)["connectivity"]
+    assert alone["skipped"] and "--compare" in alone["notes"]
 
 
 def _read_when_finished(run_dir: Path, read, timeout: float = 20.0):
@@ -181,7 +238,8 @@ def test_wandb_logs_a_new_analysis_run_in_the_experiment_group(analysed, runs, t
     record, history = _read_when_finished(runs / "a" / "analysis", read_offline_run)
     assert (record.job_type, record.run_group, record.display_name) == ("analysis", "cmp", "a-analysis")
     [row] = [r for r in history if "plots/probes/_type" in r]  # one step holds everything
-    tables = ("A/linear", "B/regions", "A/noise", "compare/cka", "A/moments", "B/chaos")
+    tables = ("A/linear", "B/regions", "A/noise", "compare/cka", "A/moments", "B/chaos", "B/anisotropy",
+              "A/connectivity")
     assert {f"{k}/_type" for k in tables} <= set(row)
 
 
@@ -211,7 +269,9 @@ def test_analysis_takes_each_local_module_of_a_residual_net(tmp_path):
             assert [e["depth"] for e in res[fam]["layers"]] == list(range(first, 4)), fam
     assert sorted({e["depth"] for e in res["spectrum"]["layers"]}) == [1, 2, 3]
     assert all(math.isfinite(v) for v in _numbers(analysis))
-    assert {p.stem for p in (tmp_path / "res" / "analysis").glob("*.png")} >= PNGS - {"cka_compare"}
+    assert {p.stem for p in (tmp_path / "res" / "analysis").glob("*.png")} >= PNGS - {"cka_compare", "connectivity"}
+    assert res["connectivity"]["skipped"] and [e["layer"] for e in res["anisotropy"]["layers"]] == [
+        "stage1", "stage2", "stage3", "net"]
 
 
 def test_initial_net_is_the_net_train_py_started_from(tmp_path, monkeypatch):
