@@ -82,13 +82,19 @@ class Context:
     data: DataBundle
     settings: AnalysisSettings
     trained_heads: list[int] = field(default_factory=list)  # 1-based heads that were trained
+    only: tuple[str, ...] | None = None  # probe only these layers (None: every layer); extraction is unchanged
+    samples: tuple[Sample, Sample] | None = None  # (train, test) subsets drawn earlier, reused as they are
 
     @cached_property
     def train(self) -> Sample:
+        if self.samples is not None:
+            return self.samples[0]
         return seeded_sample(self.data.train, self.settings.samples, self.settings.seed)
 
     @cached_property
     def test(self) -> Sample:
+        if self.samples is not None:
+            return self.samples[1]
         return seeded_sample(self.data.test, self.settings.samples, self.settings.seed)
 
     @cached_property
@@ -97,8 +103,9 @@ class Context:
         return representations(self.net, self.train, self.test, s.pool, heads=s.heads, batch_size=s.batch_size)
 
     def layers(self, with_input: bool = True) -> list[Layer]:
-        """Probed layers in order, the input first unless with_input is False."""
-        return [la for la in self.reps.layers if with_input or la.kind != "input"]
+        """Probed layers in order, the input first unless with_input is False (only those in `only`, if set)."""
+        return [la for la in self.reps.layers
+                if (with_input or la.kind != "input") and (self.only is None or la.name in self.only)]
 
 
 def _plain(value: Any) -> Any:
