@@ -156,7 +156,8 @@ class Tracker:
                 time.sleep(1.0)
 
     def replay(self, records: list[dict[str, Any]]) -> int:
-        """Log to W&B the epoch records that no earlier segment of this W&B run holds; how many were logged."""
+        """Log to W&B the epoch (and probe) records whose epoch no earlier segment of this W&B run holds; how many
+        were logged."""
         if self.wandb_run is None:
             return 0
         this = Path(self.wandb_run.dir).parent

@@ -352,7 +352,8 @@ def plot_trajectories(runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Pat
             ax.set_title(panel_title, fontsize=10)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax is axes[0]:  # the same curves in every panel: one legend
+                ax.legend(fontsize=7)
         _save(fig, out_dir / name)
         written.append(out_dir / name)
     return written
