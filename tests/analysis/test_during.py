@@ -19,7 +19,8 @@ from greedy.config import build_config, load_yaml
 from greedy.errors import exit_code
 from greedy.models import GreedyNet
 from greedy.tracking import Tracker
-from tests.helpers import TINY
+from tests.helpers import TINY, cli
+from tests.wandb_log import read_offline_run
 
 # Two epochs a stage, with crop+flip: augmentation draws from torch's global RNG every batch (and turns the feature
 # cache off), so a probe that consumed or reset that RNG would change the weights.
@@ -157,3 +158,15 @@ def test_probe_records_go_to_wandb_under_probe_keys_on_the_stage_epoch_axis(tmp_
     tracker.flush_epochs()
     assert logged == [{"probe/stage2/block2/mi_xt": 4.5, "probe/stage2/block2/nc1": 0.5,
                        "probe/stage2/block2/probe_time": 0.1, "stage2/epoch": 3}]
+
+
+def test_offline_wandb_history_holds_the_probes_on_the_stage_epoch_axis(tmp_path):
+    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "HOME": str(tmp_path)}  # no credentials anywhere
+    cli("train.py", *TINY, "--epochs", "2", "--mode", "e2e", "--probe-every", "1", "--probes", "clustering",
+        "--wandb", "--out-dir", str(tmp_path), "--name", "run", env=env)
+    _, history = read_offline_run(tmp_path / "run")
+    logged = [(row["e2e/epoch"], key.split("/")[2], row[key]) for row in history for key in row
+              if key.startswith("probe/e2e/") and key.endswith("/nc1")]
+    records = RunDir(tmp_path / "run").read_metrics("probe")
+    assert logged == [(r["epoch"], r["layer"], r["nc1"]) for r in records]
+    assert [(e, layer) for e, layer, _ in logged] == [(e, f"block{j}") for e in (1, 2) for j in (1, 2, 3)]
