@@ -31,6 +31,7 @@ from greedy.builder import Stage
 from greedy.config import Config
 from greedy.data import DataBundle
 from greedy.models import GreedyNet
+from greedy.tracking import Tracker
 
 # probe name (a runner family) -> {field of its per-layer entry: key in the probe record}
 PROBES: dict[str, dict[str, str]] = {
@@ -41,6 +42,7 @@ PROBES: dict[str, dict[str, str]] = {
     "information": {"mi_nats": "mi_xt", "stderr_nats": "mi_xt_stderr", "n": "mi_xt_n", "beta": "beta"},
 }
 KIND = "probe"  # the "kind" of a probe record in metrics.jsonl (epoch records have no "kind")
+HEADLINE = ("linear_test_acc", "knn_test_acc", "nc1", "h_bin", "mi_xt")  # printed after each probe
 
 
 def probed_layers(stage: Stage, num_blocks: int) -> list[tuple[int, str, str]]:
@@ -115,7 +117,7 @@ class TrainingProbes:
                     values[entry["layer"]].update({key: entry[f] for f, key in PROBES[name].items()})
         return values
 
-    def after_epoch(self, stage: Stage, epoch: int, epochs: int, accelerator: Accelerator, tracker) -> None:
+    def after_epoch(self, stage: Stage, epoch: int, epochs: int, accelerator: Accelerator, tracker: Tracker) -> None:
         """If due, probe the block(s) `stage` trains and log one record per layer (main process; others wait).
 
         Records: {"kind": "probe", "stage", "stage_name", "epoch" (1-based, as the epoch records), "layer",
@@ -138,6 +140,3 @@ class TrainingProbes:
                               for _, _, layer in targets)
             print(f"{stage.name} epoch {epoch + 1}/{epochs} probes  {shown}  ({seconds:.1f}s)")
         accelerator.wait_for_everyone()
-
-
-HEADLINE = ("linear_test_acc", "knn_test_acc", "nc1", "h_bin", "mi_xt")  # printed after each probe

@@ -297,7 +297,6 @@ def make_plots(analysis: dict[str, Any], out_dir: Path) -> list[Path]:
     return written
 
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # probes recorded during training (metrics.jsonl records of kind "probe", greedy/analysis/during.py)
 
