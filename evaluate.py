@@ -3,6 +3,7 @@
     python evaluate.py runs/NAME
     python evaluate.py runs/NAME --data-dir /elsewhere
     python evaluate.py runs/NAME --analysis all [--compare runs/OTHER] [--wandb]   (docs/ANALYSIS.md)
+    python evaluate.py runs/GREEDY --compare runs/E2E     (a run trained with --probe-every N: its probe trajectories)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from greedy.analysis.report import (
     check_flags,
     headline_lines,
     log_wandb,
+    probe_trajectories,
     settings_from_args,
     summary_rows,
     write_outputs,
@@ -97,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluate_run(run, cfg, data, net, args.batch_size)
     if names:
         run_layer_analysis(args, names, LoadedRun(run, cfg, data, net), argv)
+    pngs = probe_trajectories(run, RunDir.open(args.compare) if args.compare else None)
+    if pngs:
+        print(f"probes during training: {len(pngs)} plots in {pngs[0].parent} ({', '.join(p.name for p in pngs)})")
     return 0
 
 

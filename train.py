@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
+from greedy.analysis.during import TrainingProbes
 from greedy.builder import GreedyBuilder, Stage
 from greedy.cache import FeatureCache, cache_enabled
 from greedy.checkpoint import SKIPPED_IMAGES, RunDir, load_into, load_safetensors, state_digest
@@ -188,13 +189,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{cfg.grad_accum} accumulation steps = {cfg.batch_size * replicas * cfg.grad_accum}")
     tracker = Tracker(accelerator, cfg, run, say)
     resume = run.latest_state()
-    replayed = tracker.replay(run.metrics_until(resume[:2] if resume else None, by_epoch=cfg.mode == "decoupled"))
+    replayed = tracker.replay(run.metrics_until(resume[:2] if resume else None, by_epoch=cfg.mode == "decoupled",
+                                                kind=None))
     if replayed:
-        say(f"W&B: logged {replayed} epoch record(s) from metrics.jsonl that the interrupted run had not saved")
+        say(f"W&B: logged {replayed} record(s) from metrics.jsonl that the interrupted run had not saved")
 
     builder = GreedyBuilder(net, cfg.mode)
     pipeline_figures: list[dict] = []
     cache = FeatureCache.for_run(cfg, accelerator, run.path, say) if use_cache else None
+    probes = TrainingProbes.for_run(cfg, net, data)  # None unless probe_every is set
     try:
         for i in range(builder.num_stages):
             stage = builder.stage(i)
@@ -211,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 pipeline_figures = pipe.train(stage, data, run, tracker, resume_from, say)
             else:
                 stage, loaders, cache_seconds = stage_loaders(cfg, data, stage, cache, net, accelerator)
-                train_stage(stage, cfg, accelerator, loaders, run, tracker, resume_from, say, cache_seconds)
+                train_stage(stage, cfg, accelerator, loaders, run, tracker, resume_from, say, cache_seconds,
+                            probes)
             if accelerator.is_main_process:
                 run.save_weights(weights, builder.stage_state_dict(stage))
             run.drop_states(accelerator)

@@ -97,6 +97,11 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def record_kind(record: dict[str, Any]) -> str:
+    """What a metrics.jsonl record is: "epoch" (no "kind" key: the format since the first release) or its "kind"."""
+    return record.get("kind", "epoch")
+
+
 class RunDir:
     """runs/<name>/: config.yaml, metrics.jsonl, stageN.safetensors, model.safetensors, state-sS-eE/."""
 
@@ -175,8 +180,10 @@ class RunDir:
         last = {r["stage"]: r.get("cache_time", 0.0) for r in self.read_metrics()}
         return sum(last.values())
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """One record per epoch per stage; stage and epoch are 1-based, as printed."""
+    def read_metrics(self, kind: str | None = "epoch") -> list[dict[str, Any]]:
+        """The records of one kind, in file order: "epoch" (the default: one per epoch per stage, no "kind" key),
+        "probe" (greedy.analysis.during: one per probed layer), or None for all; stage and epoch are 1-based, as
+        printed."""
         if not self.metrics_path.exists():
             return []
         text = self.metrics_path.read_text()
@@ -190,22 +197,26 @@ class RunDir:
             except json.JSONDecodeError:
                 raise UsageError(f"{self.metrics_path} line {number} is not JSON; restore the file or start a new "
                                  "run") from None
-        return records
+        return [r for r in records if kind is None or record_kind(r) == kind]
 
-    def metrics_until(self, state: tuple[int, int] | None, by_epoch: bool = False) -> list[dict[str, Any]]:
-        """The records up to a resumable state's (0-based stage, epoch); all of them without one.
+    def metrics_until(self, state: tuple[int, int] | None, by_epoch: bool = False,
+                      kind: str | None = "epoch") -> list[dict[str, Any]]:
+        """The records (of `kind`, as read_metrics) up to a resumable state's (0-based stage, epoch); all of them
+        without one.
 
         by_epoch: the run trains all its blocks in each epoch (decoupled), so keep every block's records up to epoch.
         """
         if state is None:
-            return self.read_metrics()
+            return self.read_metrics(kind)
         stage, epoch = state
         last = (epoch + 1,) if by_epoch else (stage + 1, epoch + 1)
-        return [r for r in self.read_metrics() if ((r["epoch"],) if by_epoch else (r["stage"], r["epoch"])) <= last]
+        return [r for r in self.read_metrics(kind)
+                if ((r["epoch"],) if by_epoch else (r["stage"], r["epoch"])) <= last]
 
     def truncate_metrics(self, stage: int, epoch: int, by_epoch: bool = False) -> None:
-        """Drop records written after the state we resume from (0-based stage, epoch), so none is duplicated."""
-        keep = self.metrics_until((stage, epoch), by_epoch)
+        """Drop records of every kind written after the state we resume from (0-based stage, epoch), so none is
+        duplicated."""
+        keep = self.metrics_until((stage, epoch), by_epoch, kind=None)
         _atomic_write(self.metrics_path, lambda p: p.write_text("".join(dumps(r) + "\n" for r in keep)))
 
     # weights of finished stages and of the final model

@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from greedy.builder import GreedyBuilder
 from greedy.cache import autocast_dtype, cache_enabled
+from greedy.checkpoint import RunDir
 from greedy.config import MODES, Config
 from greedy.data import create_datasets, dataset_info
 from greedy.errors import UsageError
@@ -289,7 +290,7 @@ class RunResult:
 
 def load_result(spec: RunSpec, path: Path, process_seconds: float | None = None) -> RunResult:
     summary = json.loads((path / "summary.json").read_text())
-    metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = RunDir(path).read_metrics()  # epoch records (probe records, if any, are not training curves)
     return RunResult(spec, summary, metrics, process_seconds)
 
 

@@ -118,6 +118,11 @@ class Config:
     pipeline_split: list[int] = field(default_factory=list)  # blocks per group (sums to the blocks); []: balanced
     pipeline_timeout: float = 300.0  # seconds a process waits for a peer before it reports it lost
 
+    # probes during training (greedy/analysis/during.py, docs/ANALYSIS.md): records of kind "probe" in metrics.jsonl
+    probe_every: int = 0  # epochs between probes of the block(s) being trained (and each stage's last epoch); 0: off
+    probes: list[str] = field(default_factory=lambda: ["linear", "clustering", "information"])  # layer families
+    probe_samples: int = 500  # seeded test subset probed, and a same-size train subset the linear probe is fit on
+
     @property
     def num_units(self) -> int:
         """Units of the chain: a plain net's conv blocks, or a ResNet's stem and residual blocks (arch timm: not
@@ -174,6 +179,12 @@ def coerce(key: str, value: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return value.lower() in ("true", "1", "yes", "on")
         raise _bad(key, value, "a boolean (true/false)")
+    if typing.get_origin(tp) is list and typing.get_args(tp) == (str,):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise _bad(key, value, "a list of names (e.g. linear,clustering)")
+        return list(value)
     if typing.get_origin(tp) is list:
         if isinstance(value, str):
             value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
@@ -302,6 +313,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "finite_check_every": (1, math.inf, False, False),
     "pipeline": (1, math.inf, False, False),
     "pipeline_timeout": (0, math.inf, True, False),
+    "probe_every": (0, math.inf, False, False),
+    "probe_samples": (10, math.inf, False, False),  # a few per class: the probes need every class twice or more
 }
 
 
@@ -374,6 +387,7 @@ def validate(cfg: Config, check_data: bool = True) -> None:
                          "decoded from image folders by DataLoader workers: use --device-data auto or off")
     _check_optimizer(cfg)
     _check_pipeline(cfg)
+    _check_probes(cfg)
     if check_data and cfg.dataset in DISK_DATASETS and not cfg.download and not Path(cfg.data_dir).is_dir():
         raise UsageError(
             f"data directory {cfg.data_dir} for dataset '{cfg.dataset}' does not exist; "
@@ -423,6 +437,26 @@ def _check_timm(cfg: Config) -> None:
     if cfg.final_head == "timm":
         raise UsageError(f"config key 'final_head': 'timm' (the timm model's own classifier) is for arch timm "
                          f"(arch is {cfg.arch})")
+
+
+def _check_probes(cfg: Config) -> None:
+    """Every name in `probes` is a probe family that can run during training (did-you-mean otherwise), and
+    probing is asked for with at least one."""
+    from greedy.analysis.during import PROBES  # here: the analysis imports the models, which import this module
+
+    for name in cfg.probes:
+        if name not in PROBES:
+            close = difflib.get_close_matches(name, PROBES, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UsageError(f"config key 'probes': {name!r} is not a probe during training; {hint}choose from "
+                             f"{', '.join(PROBES)}")
+    if cfg.probe_every and not cfg.probes:
+        raise UsageError(f"config key 'probes': empty while probe_every is {cfg.probe_every}; name at least one "
+                         f"({', '.join(PROBES)}) or pass --probe-every 0")
+    if cfg.probe_every and cfg.pipeline > 1:
+        raise UsageError(f"config key 'probe_every': probes during training need the whole net in one process, but "
+                         f"--pipeline {cfg.pipeline} spreads its blocks; drop --probe-every (probe the finished run "
+                         "with evaluate.py --analysis) or --pipeline")
 
 
 def _check_optimizer(cfg: Config) -> None:

@@ -13,6 +13,7 @@ RNG state makes a run reproducible); the device path from generators seeded by (
 
 from __future__ import annotations
 
+import copy
 import gzip
 import math
 import os
@@ -64,6 +65,13 @@ class DataBundle:
     num_classes: int
     in_chans: int
     img_size: int  # spatial size of the tensors the model sees (square)
+
+    def unaugmented_train(self) -> Dataset:
+        """The training split read with the test split's deterministic transform (no augmentation, no RNG drawn):
+        for probes fit on training images. A shallow copy: the images are shared, `self.train` is unchanged."""
+        view = copy.copy(self.train)
+        view.transform = getattr(self.test, "transform", None)
+        return view
 
 
 @dataclass(frozen=True)

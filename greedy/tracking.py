@@ -14,7 +14,7 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from greedy.checkpoint import RunDir
+from greedy.checkpoint import RunDir, record_kind
 from greedy.config import Config
 from greedy.errors import UsageError
 
@@ -156,7 +156,8 @@ class Tracker:
                 time.sleep(1.0)
 
     def replay(self, records: list[dict[str, Any]]) -> int:
-        """Log to W&B the epoch records that no earlier segment of this W&B run holds; how many were logged."""
+        """Log to W&B the epoch (and probe) records whose epoch no earlier segment of this W&B run holds; how many
+        were logged."""
         if self.wandb_run is None:
             return 0
         this = Path(self.wandb_run.dir).parent
@@ -168,7 +169,7 @@ class Tracker:
         missing = [r for r in records if (r["stage_name"], r["epoch"]) not in logged]
         for record in missing:
             self.begin_stage(record["stage_name"])
-            self._log_epoch_wandb(record)
+            self._log_wandb(record)
         return len(missing)
 
     def begin_stage(self, name: str) -> None:
@@ -176,6 +177,7 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.define_metric(f"{name}/epoch")
             self.wandb_run.define_metric(f"{name}/*", step_metric=f"{name}/epoch")
+            self.wandb_run.define_metric(f"probe/{name}/*", step_metric=f"{name}/epoch")
 
     def log_step(self, values: dict[str, float], step: int) -> None:
         if self.use_wandb:
@@ -188,15 +190,27 @@ class Tracker:
         if self.use_wandb:
             self._pending.append({**record, "step": step})
 
+    def log_probe(self, record: dict[str, Any]) -> None:
+        """A probe record (greedy.analysis.during): to metrics.jsonl now, to W&B with its epoch's records."""
+        self.log_epoch(record, self.step)
+
     def flush_epochs(self) -> None:
-        """Log the epoch records held back until their resumable state was saved."""
+        """Log the epoch (and probe) records held back until their resumable state was saved."""
         for record in self._pending:
-            self._log_epoch_wandb(record)
+            self._log_wandb(record)
         self._pending = []
 
-    def _log_epoch_wandb(self, record: dict[str, Any]) -> None:
-        if self.use_wandb:
-            name = record["stage_name"]
+    def _log_wandb(self, record: dict[str, Any]) -> None:
+        """An epoch record under `<stage>/...`; a probe record under `probe/<stage>/<layer>/...`, both plotted
+        against the stage's epoch axis."""
+        if not self.use_wandb:
+            return
+        name = record["stage_name"]
+        if record_kind(record) == "probe":
+            skip = ("kind", "stage", "stage_name", "epoch", "layer", "step")
+            values = {f"probe/{name}/{record['layer']}/{k}": v for k, v in record.items() if k not in skip}
+            self.accelerator.log({**values, f"{name}/epoch": record["epoch"]})
+        else:
             self.accelerator.log({f"{name}/{k}": v for k, v in record.items() if k != "stage_name"})
 
     def log_summary(self, rows: list[dict[str, Any]], final: dict[str, Any]) -> None:

@@ -241,13 +241,14 @@ def make_scheduler(cfg: Config, optimizer, epochs: int):
 
 
 def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, run: RunDir, tracker: Tracker,
-                resume_from=None, say=print, cache_seconds: float = 0.0) -> StageResult:
+                resume_from=None, say=print, cache_seconds: float = 0.0, probes=None) -> StageResult:
     """Fit the stage's part(s) for the configured epochs, saving resumable state after every epoch.
 
     Greedy and e2e stages have one part; a decoupled stage has one per block, each with its own optimizer,
     scheduler and record per epoch (stage = block number), all in the same pass over the data.
     `cache_seconds`, the time spent building this stage's feature cache, is counted in the stage's time and
-    reported on its own as `cache_time`.
+    reported on its own as `cache_time`. `probes` (greedy.analysis.during.TrainingProbes, optional) probes the
+    block(s) being trained after an epoch's evaluation, before its state is saved.
     """
     epochs = cfg.train_epochs
     set_seed(cfg.seed + 1000 * (stage.index + 1), device_specific=True)  # augmentation RNG, per rank
@@ -293,6 +294,8 @@ def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, ru
             if accelerator.is_main_process:
                 say(f"{name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train {train_acc:.4f}  "
                     f"test {test_acc:.4f}  lr {lr:.4g}  {seconds:.1f}s")
+        if probes is not None:  # every probe_every epochs; leaves the RNG and the weights as they were
+            probes.after_epoch(stage, epoch, epochs, accelerator, tracker)
         run.save_state(accelerator, stage.index, epoch, {"step": step, "seconds": seconds, "cache_time": cache_time})
         tracker.flush_epochs()
     tracker.step = step

@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from greedy.builder import GreedyBuilder  # noqa: E402
 from greedy.cache import autocast_dtype, cache_dtype  # noqa: E402
+from greedy.checkpoint import RunDir  # noqa: E402
 from greedy.config import Config, build_config, load_yaml  # noqa: E402
 from greedy.data import (  # noqa: E402
     DataBundle,
@@ -449,7 +450,7 @@ def run_result(cmd: list[str], returncode: int, wall: float, run: Path, log: Pat
     stdout = log.read_text()
     if returncode != 0:
         raise SystemExit(f"{shlex.join(cmd)} failed:\n{stdout}")
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = RunDir(run).read_metrics()  # epoch records
     summary = json.loads((run / "summary.json").read_text())
     stages = sorted({r["stage"] for r in records})
     step = {s: median([r["step_time"] for r in records if r["stage"] == s]) for s in stages}

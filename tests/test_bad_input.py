@@ -45,6 +45,14 @@ BAD_VALUES = [
     (["--grad-accum", "0"], "config key 'grad_accum': 0 is outside the allowed range [1, inf)"),
     (["--log-every", "0"], "config key 'log_every': 0 is outside the allowed range [1, inf)"),
     (["--finite-check-every", "0"], "config key 'finite_check_every': 0 is outside the allowed range [1, inf)"),
+    (["--mode", "decoupled", "--pipeline", "2", "--probe-every", "1"], "config key 'probe_every': probes during "
+     "training need the whole net in one process, but --pipeline 2 spreads its blocks"),
+    (["--probe-every", "-1"], "config key 'probe_every': -1 is outside the allowed range [0, inf)"),
+    (["--probe-every", "2", "--probes", "linear,informaton"],
+     "config key 'probes': 'informaton' is not a probe during training; did you mean 'information'? choose from "
+     "linear, knn, clustering, binned_entropy, information"),
+    (["--probe-every", "1", "--probes", ""], "config key 'probes': empty while probe_every is 1; name at least one"),
+    (["--probe-samples", "5"], "config key 'probe_samples': 5 is outside the allowed range [10, inf)"),
     (["--pool-size", "0"], "config key 'pool_size': 0 is outside the allowed range [1, inf)"),
     (["--aux-width", "0"], "config key 'aux_width': 0 is outside the allowed range [1, inf)"),
     (["--k", "0"], "config key 'k': 0 is outside the allowed range [1, 3]"),

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
-from greedy.analysis.plots import make_plots
+from greedy.analysis.plots import make_plots, plot_trajectories
 from greedy.analysis.runner import FAMILIES, PAIRWISE, AnalysisSettings, compare_cka, run_analysis
 from greedy.checkpoint import RunDir
 from greedy.config import Config
@@ -65,7 +65,9 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--analysis", metavar="NAMES",
                    help=f"comma-separated probe families or 'all': {', '.join(FAMILIES)}")
     g.add_argument("--compare", metavar="RUN_B", help="a second run (e.g. e2e) analysed alongside and drawn on the "
-                                                      "same plots; its directory is not written to")
+                                                      "same plots, the probes recorded during training included "
+                                                      "(no --analysis needed for those); its directory is not written "
+                                                      "to")
     g.add_argument("--wandb", action="store_true", help="also log the analysis as a new W&B run (job_type analysis)")
     g.add_argument("--analysis-samples", type=int, default=DEFAULTS.samples, metavar="N",
                    help="seeded test subset, and a same-size train subset (default: %(default)s)")
@@ -145,9 +147,11 @@ def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
 def check_flags(args: argparse.Namespace) -> list[str] | None:
     """The requested families (None without --analysis); flags that need --analysis are rejected without it."""
     if args.analysis is None:
-        for flag, given in (("--compare", args.compare), ("--wandb", args.wandb)):
-            if given:
-                raise UsageError(f"{flag} only applies to the layer analysis; add --analysis NAMES|all")
+        if args.wandb:
+            raise UsageError("--wandb only applies to the layer analysis; add --analysis NAMES|all")
+        if args.compare and not any(RunDir(p).read_metrics("probe") for p in (args.run_dir, args.compare)):
+            raise UsageError(f"--compare {args.compare} without --analysis draws the probes recorded during training "
+                             "and neither run has any (train with --probe-every N); add --analysis NAMES|all")
         return None
     names = parse_names(args.analysis)
     alone = [n for n in PAIRWISE if n in names and "all" not in [a.strip() for a in args.analysis.split(",")]]
@@ -283,6 +287,15 @@ def write_outputs(run: RunDir, analysis: dict[str, Any]) -> tuple[Path, list[Pat
     tmp.write_text(json.dumps(analysis, indent=1, allow_nan=False) + "\n")
     os.replace(tmp, path)
     return path, make_plots(analysis, run.path / PLOT_DIR)
+
+
+def probe_trajectories(run: RunDir, other: RunDir | None = None) -> list[Path]:
+    """Draw the probes recorded during training (metrics.jsonl records of kind "probe") of `run`, and of `other`
+    on the same figures, into RUN_DIR/analysis/during_*.png; nothing is written when neither has any."""
+    runs = [(f"{r.path.name} ({r.load_config().mode})", r.read_metrics("probe")) for r in (run, other) if r]
+    if not any(records for _, records in runs):
+        return []
+    return plot_trajectories(runs, run.path / PLOT_DIR)
 
 
 def summary_rows(run: dict[str, Any]) -> list[dict[str, Any]]:

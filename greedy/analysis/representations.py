@@ -9,7 +9,7 @@ layers (the ConvBlocks before the pooling) of every auxiliary head.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -100,12 +100,14 @@ def pool_input(x: torch.Tensor, max_dim: int = INPUT_MAX_DIM) -> torch.Tensor:
 
 
 def iter_layer_outputs(net: GreedyNet, x: torch.Tensor, layers: list[Layer]) -> Iterator[tuple[Layer, torch.Tensor]]:
-    """Run the net on one batch and yield (layer, unpooled output) in the order of `layers`."""
+    """Run the net on one batch and yield (layer, unpooled output) in the order of `layers` (the blocks after the
+    deepest wanted layer are not run)."""
     wanted = {layer.name for layer in layers}
     if "input" in wanted:
         yield Layer("input", 0, "input"), x
     h = net.stem(x)
-    for j, block in enumerate(net.blocks):
+    deepest = max((layer.depth for layer in layers), default=0)
+    for j, block in enumerate(net.blocks[:deepest]):
         h = block(h)
         if f"block{j + 1}" in wanted:
             yield Layer(f"block{j + 1}", j + 1, "block"), h
@@ -133,10 +135,11 @@ def extract(net: GreedyNet, x: torch.Tensor, layers: list[Layer], pool: int,
 
 
 def representations(net: GreedyNet, train: Sample, test: Sample, pool: int, heads: bool = False,
-                    batch_size: int = 256) -> Representations:
-    """Extract every probed layer of the (eval-mode) net on the train and test samples."""
+                    batch_size: int = 256, only: Sequence[str] | None = None) -> Representations:
+    """Extract every probed layer (those named in `only`, if given) of the (eval-mode) net on the train and test
+    samples."""
     net.eval()
-    layers = probe_layers(net, heads)
+    layers = [la for la in probe_layers(net, heads) if only is None or la.name in only]
     feats_train, _ = extract(net, train.x, layers, pool, batch_size)
     feats_test, shapes = extract(net, test.x, layers, pool, batch_size)
     return Representations(layers, feats_train, feats_test, train.y, test.y, shapes)

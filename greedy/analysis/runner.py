@@ -99,23 +99,31 @@ class Context:
     init_net: GreedyNet | None = None  # the net the run started from (same config and seed), if known
     other: GreedyNet | None = None  # pairwise families: the run given with --compare (same architecture)
     other_heads: list[int] = field(default_factory=list)  # 1-based heads trained in the other run
+    only: tuple[str, ...] | None = None  # probe only these layers (None: every layer)
+    samples: tuple[Sample, Sample] | None = None  # (train, test) subsets drawn earlier, reused as they are
 
     @cached_property
     def train(self) -> Sample:
+        if self.samples is not None:
+            return self.samples[0]
         return seeded_sample(self.data.train, self.settings.samples, self.settings.seed)
 
     @cached_property
     def test(self) -> Sample:
+        if self.samples is not None:
+            return self.samples[1]
         return seeded_sample(self.data.test, self.settings.samples, self.settings.seed)
 
     @cached_property
     def reps(self) -> Representations:
         s = self.settings
-        return representations(self.net, self.train, self.test, s.pool, heads=s.heads, batch_size=s.batch_size)
+        return representations(self.net, self.train, self.test, s.pool, heads=s.heads, batch_size=s.batch_size,
+                               only=self.only)
 
     def layers(self, with_input: bool = True) -> list[Layer]:
-        """Probed layers in order, the input first unless with_input is False."""
-        return [la for la in self.reps.layers if with_input or la.kind != "input"]
+        """Probed layers in order, the input first unless with_input is False (only those in `only`, if set)."""
+        return [la for la in self.reps.layers
+                if (with_input or la.kind != "input") and (self.only is None or la.name in self.only)]
 
     def nets(self) -> list[tuple[str, GreedyNet]]:
         """(key prefix, net): the trained net ("") and, when known, the net at initialization ("init_")."""
@@ -239,12 +247,18 @@ def noisy_blocks(net: GreedyNet, beta: float, gen: torch.Generator, record: Call
 
 @torch.no_grad()
 def noisy_passes(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """R noisy passes: each layer's pre-noise readout (n x R x D, orthonormally pooled), and each head's accuracy."""
+    """R noisy passes: each layer's pre-noise readout (n x R x D, orthonormally pooled), and each head's accuracy.
+
+    With `ctx.only` (and no head layers) the passes run the blocks up to the deepest probed one and no head (the
+    accuracies are then an empty list): the noisy network up to that block is the same, at a fraction of the cost.
+    """
     s, net = ctx.settings, ctx.net
     gen = torch.Generator().manual_seed(s.seed)
     device = next(net.parameters()).device
     outs: dict[str, list[torch.Tensor]] = {}  # per layer: batches of every pass, in pass-major order
     correct = torch.zeros(net.num_stages)
+    depth = max(la.depth for la in ctx.layers(with_input=False)) if ctx.only is not None and not s.heads else None
+    prefix = block_prefix(net, depth) if depth is not None else None
 
     def record(name: str, out: torch.Tensor) -> None:
         scale, _ = _readout_scale(out.shape[1:], s.pool)
@@ -253,12 +267,15 @@ def noisy_passes(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[s
     with noisy_blocks(net, s.beta, gen, record, heads=s.heads):
         for _ in range(s.noisy_passes):
             for start in range(0, x.shape[0], s.batch_size):
-                logits = net.forward_heads(x[start:start + s.batch_size].to(device))
+                xb = x[start:start + s.batch_size].to(device)
+                if prefix is not None:
+                    prefix(xb)
+                    continue
                 yb = y[start:start + s.batch_size]
-                correct += torch.stack([(lg.argmax(1).cpu() == yb).sum() for lg in logits]).float()
+                correct += torch.stack([(lg.argmax(1).cpu() == yb).sum() for lg in net.forward_heads(xb)]).float()
     stacked = {name: torch.cat(parts).reshape(s.noisy_passes, x.shape[0], -1).transpose(0, 1)
                for name, parts in outs.items()}
-    return stacked, (correct / (x.shape[0] * s.noisy_passes)).tolist()
+    return stacked, [] if prefix is not None else (correct / (x.shape[0] * s.noisy_passes)).tolist()
 
 
 def _pca_readout(s: torch.Tensor, d: int) -> torch.Tensor:
