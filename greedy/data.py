@@ -1,7 +1,7 @@
 """The one data factory: datasets, normalization, augmentation and loaders.
 
 Small datasets (digits, Fashion-MNIST, CIFAR-10/100, fake) are materialized once as a normalized
-float32 tensor ``N x C x H x W`` (and, when exact, as uint8 pixels) in a :class:`TensorImageDataset`,
+float32 tensor ``N x C x H x W`` in a :class:`TensorImageDataset`,
 served either on the accelerator by :class:`greedy.device_loader.DeviceLoader` (the default: whole-batch
 indexing and augmentation, no workers) or per item by a torch DataLoader. ImageNet stays a PIL pipeline
 over an ``ImageFolder`` tree with worker processes. Every loading problem the user can fix raises
@@ -21,7 +21,7 @@ import pickle
 import sys
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2
 
-from greedy.device_loader import DeviceLoader, Normalization
+from greedy.device_loader import DeviceLoader
 from greedy.errors import UsageError, one_line
 
 DATASETS: tuple[str, ...] = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagenet", "fake")
@@ -71,6 +71,8 @@ class DataBundle:
         for probes fit on training images. A shallow copy: the images are shared, `self.train` is unchanged."""
         view = copy.copy(self.train)
         view.transform = getattr(self.test, "transform", None)
+        if isinstance(view, TensorImageDataset):
+            view.crop_padding = 0  # the device path's augmentation too
         return view
 
 
@@ -117,13 +119,39 @@ def dataset_stats(dataset: str, data_dir: str | Path = "data") -> tuple[tuple[fl
     return _train_stats(raw.train_images, raw.max_value)
 
 
+@dataclass(frozen=True)
+class Normalization:
+    """``(x / max_value - mean) / std`` per channel, computed in float32 as ``x * scale + shift`` (one fused op).
+
+    The one normalization of the in-memory datasets (`x`: ``B x C x H x W`` or ``B x C x H*W``, any real dtype;
+    returns float32 of the same shape).
+    """
+
+    max_value: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    _affine: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # (device, dim) -> tensors
+
+    def affine(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), each ``1 x C x 1 x 1`` float32, computed in float64 and rounded once."""
+        std = torch.tensor(self.std, dtype=torch.float64)
+        scale = 1.0 / (self.max_value * std)
+        shift = -torch.tensor(self.mean, dtype=torch.float64) / std
+        return tuple(t.to(torch.float32).view(1, -1, 1, 1).to(device) for t in (scale, shift))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.device, x.dim())
+        if key not in self._affine:
+            self._affine[key] = tuple(t.view(1, -1, *[1] * (x.dim() - 2)) for t in self.affine(x.device))
+        scale, shift = self._affine[key]
+        return torch.addcmul(shift, x if x.dtype == torch.uint8 else x.to(torch.float32), scale)
+
+
 class TensorImageDataset(Dataset):
     """In-memory images ``N x C x H x W`` with integer targets and an optional per-item tensor transform.
 
-    The device path (`greedy.device_loader.DeviceLoader`) reads the same split from `pixels` (uint8 ``N x C x H x
-    W``) and `normalization` when the split is integer pixels at the native size (then `images` is exactly
-    `normalization(pixels)`), else from `images`; `crop_padding` > 0 means the split is augmented with the paper's
-    crop + flip (`transform` for the per-item path, `CropFlip` on the device).
+    `crop_padding` > 0 means the split is augmented with the paper's crop + flip: `transform` on the per-item path,
+    `greedy.device_loader.CropFlip` when a DeviceLoader holds `images` on the device.
     """
 
     def __init__(
@@ -132,8 +160,6 @@ class TensorImageDataset(Dataset):
         targets: torch.Tensor,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         *,
-        pixels: torch.Tensor | None = None,
-        normalization: Normalization | None = None,
         crop_padding: int = 0,
     ) -> None:
         if len(images) != len(targets):
@@ -141,7 +167,7 @@ class TensorImageDataset(Dataset):
         self.images = images
         self.targets = targets
         self.transform = transform
-        self.pixels, self.normalization, self.crop_padding = pixels, normalization, crop_padding
+        self.crop_padding = crop_padding
 
     def __len__(self) -> int:
         return len(self.images)
@@ -271,13 +297,11 @@ def device_data_supported(bundle: DataBundle) -> bool:
 
 def device_loader(split: TensorImageDataset, batch_size: int, *, shuffle: bool, device: torch.device | str,
                   **shard) -> DeviceLoader:
-    """A DeviceLoader holding the split on `device`: its uint8 pixels (normalized per batch) when exact, else its
-    float32 images; augmented when the split is (`crop_padding`). `shard`: DeviceLoader's seed and process keys."""
-    pixels = split.pixels is not None
-    images = (split.pixels if pixels else split.images).to(device)
-    targets = split.targets.to(device)
-    return DeviceLoader(images, targets, batch_size, shuffle=shuffle, padding=split.crop_padding,
-                        normalize=split.normalization if pixels else None, device=device, **shard)
+    """A DeviceLoader holding the split's normalized float32 images on `device`, augmented when the split is
+    (`crop_padding`). `shard`: DeviceLoader's seed and process keys."""
+    images = split.images if split.crop_padding else split.images.to(device)  # crop + flip stores its own copy
+    return DeviceLoader(images, split.targets.to(device), batch_size, shuffle=shuffle, padding=split.crop_padding,
+                        device=device, **shard)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,25 +336,10 @@ def _in_memory_bundle(name: str, raw: _RawData, img_size: int | None, crop_flip:
     norm = Normalization(raw.max_value, tuple(mean), tuple(std))
     padding = CROP_PADDING if crop_flip else 0
     transform = crop_flip_transform(size, padding) if crop_flip else None
-    splits = []
-    for images, targets, aug in ((raw.train_images, raw.train_targets, transform),
-                                 (raw.test_images, raw.test_targets, None)):
-        pixels = _exact_pixels(images, size)
-        splits.append(TensorImageDataset(_normalize(images, norm, size), targets.long(), aug, pixels=pixels,
-                                         normalization=norm if pixels is not None else None,
-                                         crop_padding=padding if aug is not None else 0))
-    return DataBundle(*splits, raw.num_classes, in_chans, size)
-
-
-def _exact_pixels(images: torch.Tensor, size: int) -> torch.Tensor | None:
-    """The images as uint8 when that is exact (integers in 0..255 at the native size), else None."""
-    if tuple(images.shape[-2:]) != (size, size):
-        return None  # resized: not integers any more
-    if images.dtype == torch.uint8:
-        return images
-    if images.numel() and (images.min() < 0 or images.max() > 255 or not torch.equal(images, images.round())):
-        return None
-    return images.to(torch.uint8)
+    train = TensorImageDataset(_normalize(raw.train_images, norm, size), raw.train_targets.long(), transform,
+                               crop_padding=padding)
+    test = TensorImageDataset(_normalize(raw.test_images, norm, size), raw.test_targets.long())
+    return DataBundle(train, test, raw.num_classes, in_chans, size)
 
 
 def _train_stats(images: torch.Tensor, max_value: float) -> tuple[tuple[float, ...], tuple[float, ...]]:

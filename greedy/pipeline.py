@@ -143,8 +143,7 @@ def every(split: TensorImageDataset, start: int, step: int) -> TensorImageDatase
     """Samples start, start + step, ... of an in-memory split (views, no copy), with its device-path fields."""
     pick = slice(start, None, step)
     return TensorImageDataset(split.images[pick], split.targets[pick], split.transform,
-                              pixels=None if split.pixels is None else split.pixels[pick],
-                              normalization=split.normalization, crop_padding=split.crop_padding)
+                              crop_padding=split.crop_padding)
 
 
 class Pipeline:

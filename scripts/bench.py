@@ -53,6 +53,7 @@ from greedy.checkpoint import RunDir  # noqa: E402
 from greedy.config import Config, build_config, load_yaml  # noqa: E402
 from greedy.data import (  # noqa: E402
     DataBundle,
+    Normalization,
     TensorImageDataset,
     create_datasets,
     create_loaders,
@@ -60,7 +61,6 @@ from greedy.data import (  # noqa: E402
     dataset_info,
     default_workers,
 )
-from greedy.device_loader import Normalization  # noqa: E402
 from greedy.errors import UsageError  # noqa: E402
 from greedy.models import GreedyNet, create_greedy_net  # noqa: E402
 from greedy.profiling import (  # noqa: E402
@@ -262,9 +262,10 @@ def consume(loader, device: torch.device) -> int:
 
 def input_compare(cfg: Config, args: argparse.Namespace, device: torch.device) -> dict:
     """Images/s of the paper's crop + flip input at the config's shape: the per-image path (a DataLoader calling
-    torchvision's RandomCrop + flip on each tensor, 0 and 1 workers) vs the device path (DeviceLoader: uint8 on
-    the device, one gather per batch), passes interleaved round-robin; then the input's share of one stage-1
-    training step (`train_step` of the config's net at the same batch size): input / (input + step)."""
+    torchvision's RandomCrop + flip on each tensor, 0 and 1 workers) vs the device path (DeviceLoader: the
+    normalized images on the device, one table lookup and one gather per batch), passes interleaved round-robin;
+    then the input's share of one stage-1 training step (`train_step` of the config's net at the same batch size):
+    input / (input + step)."""
     info = dataset_info(cfg.dataset)
     size, chans, batch = cfg.img_size or info.img_size, info.in_chans, cfg.batch_size
     n = batch * args.loader_batches
@@ -272,8 +273,7 @@ def input_compare(cfg: Config, args: argparse.Namespace, device: torch.device) -
     pixels = torch.randint(0, 256, (n, chans, size, size), dtype=torch.uint8, generator=gen)
     targets = torch.randint(0, info.num_classes, (n,), generator=gen)
     norm = Normalization(255.0, (0.5,) * chans, (0.25,) * chans)
-    train = TensorImageDataset(norm(pixels), targets, crop_flip_transform(size), pixels=pixels, normalization=norm,
-                               crop_padding=4)
+    train = TensorImageDataset(norm(pixels), targets, crop_flip_transform(size), crop_padding=4)
     bundle = DataBundle(train, train, info.num_classes, chans, size)
     per_image, _ = create_loaders(bundle, batch)
     one_worker, _ = create_loaders(bundle, batch, num_workers=1, persistent_workers=True)

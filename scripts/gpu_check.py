@@ -4,8 +4,8 @@
     python scripts/gpu_check.py --compile --json gpu_check.json  # also torch.compile'd blocks (slower to start)
     python scripts/gpu_check.py --device cpu --steps 1 --warmup 0 --batch-size 8 --images 256   # smoke test
 
-Random CIFAR-shaped data (50,000 uint8 images by default) is held on the device and served by the training
-input path (`DeviceLoader`: seeded permutation, per-sample crop + flip, normalization on the device). For each
+Random CIFAR-shaped data (50,000 images by default, normalized float32) is held on the device and served by the
+training input path (`DeviceLoader`: seeded permutation, per-sample crop + flip by one gather on the device). For each
 precision (fp32; bf16 + channels_last; with --compile also bf16 + channels_last + torch.compile) and each greedy
 stage of configs/cifar10_k3.yaml, it runs `greedy.trainer.train_step` (the training loop's step: frozen prefix
 under no_grad, block + auxiliary head forward, backward, SGD) for `--warmup` then `--steps` timed steps, and
@@ -35,8 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from greedy.builder import GreedyBuilder  # noqa: E402
 from greedy.config import Config, build_config, load_yaml  # noqa: E402
-from greedy.data import DataBundle, TensorImageDataset, create_loaders  # noqa: E402
-from greedy.device_loader import Normalization  # noqa: E402
+from greedy.data import DataBundle, Normalization, TensorImageDataset, create_loaders  # noqa: E402
 from greedy.errors import UsageError, run_cli  # noqa: E402
 from greedy.models import create_greedy_net  # noqa: E402
 from greedy.trainer import as_input, stage_logits, train_step  # noqa: E402
@@ -76,16 +75,15 @@ def sync(device: torch.device) -> None:
 
 
 def resident_data(cfg: Config, n: int, device: torch.device) -> tuple:
-    """(train, test) DeviceLoaders over random uint8 CIFAR-shaped images held on `device`, augmented as the paper."""
-    gen = torch.Generator().manual_seed(0)
+    """(train, test) DeviceLoaders over random CIFAR-shaped images, normalized as CIFAR-10 and held on `device`
+    (generated there: no copy in RAM), the training set augmented as the paper's."""
+    gen = torch.Generator(device=device).manual_seed(0)
     norm = Normalization(255.0, *CIFAR10_STATS)
 
     def split(size: int, padding: int) -> TensorImageDataset:
-        pixels = torch.randint(0, 256, (size, 3, 32, 32), dtype=torch.uint8, generator=gen)
-        targets = torch.randint(0, 10, (size,), generator=gen)
-        # the DeviceLoader reads the uint8 pixels; no float copy (`images`) is materialized
-        return TensorImageDataset(torch.empty(size, 0), targets, pixels=pixels, normalization=norm,
-                                  crop_padding=padding)
+        pixels = torch.randint(0, 256, (size, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
+        targets = torch.randint(0, 10, (size,), generator=gen, device=device)
+        return TensorImageDataset(norm(pixels), targets, crop_padding=padding)
 
     bundle = DataBundle(split(n, 4), split(min(n, PAPER_TEST), 0), 10, 3, 32)
     return create_loaders(bundle, cfg.batch_size, eval_batch_size=cfg.eval_batch_size, device=device,
@@ -102,7 +100,7 @@ def batches(loader):
 
 
 def pipeline_rate(loader, device: torch.device, count: int) -> float:
-    """Images/s of the device input path alone (permutation, gather, crop + flip, normalize)."""
+    """Images/s of the device input path alone (permutation, batch gather, per-sample crop + flip)."""
     it = batches(loader)
     next(it)
     sync(device)
@@ -192,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_config(base, check_data=False)
     train, test = resident_data(cfg, args.images, device)
     pipeline = pipeline_rate(train, device, max(args.steps, 5))
-    print(f"data pipeline alone (device-resident uint8, per-sample crop + flip, batch {cfg.batch_size}): "
+    print(f"data pipeline alone (device-resident float32, per-sample crop + flip, batch {cfg.batch_size}): "
           f"{pipeline:,.0f} images/s\n")
     report = {"command": command, "device": str(device), "pipeline_images_per_s": pipeline, "variants": {},
               "machine": {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

@@ -1,20 +1,19 @@
-"""The device data path: per-sample crop + flip with the paper's distribution, exact uint8 storage, seeded
-permutations, disjoint shards, accelerate's end-of-epoch state, and a bit-identical resume."""
+"""The device data path: per-sample crop + flip with the paper's distribution, the DataLoader path's exact images,
+seeded permutations, disjoint shards, accelerate's end-of-epoch state, and a bit-identical resume."""
 
 import json
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import load_file
 from scipy.stats import chi2_contingency, chisquare
 
-from greedy.data import create_datasets, create_loaders
-from greedy.device_loader import CropFlip, DeviceLoader, Normalization
+from greedy.data import Normalization, create_datasets, create_loaders
+from greedy.device_loader import CropFlip, DeviceLoader
 from tests.helpers import cli, kill_during_stage2, start_train, summary, user_env
 
 NORM = Normalization(255.0, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
@@ -28,17 +27,12 @@ def reference_crop_flip(image: torch.Tensor, dy: int, dx: int, flip: int, paddin
     return out.flip(-1) if flip else out
 
 
-@pytest.mark.parametrize("stored", ["uint8", "float32"])
-def test_every_sample_is_its_reference_crop_and_flip(stored):
+def test_every_sample_is_its_reference_crop_and_flip():
     gen = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (64, 3, 32, 32), generator=gen, dtype=torch.uint8)
-    images = NORM(pixels)
+    images = NORM(torch.randint(0, 256, (64, 3, 32, 32), generator=gen, dtype=torch.uint8))
     crop_flip = CropFlip(32, 32, 4)
     draws = crop_flip.draws[crop_flip.draw(64, torch.Generator().manual_seed(1))]
-    if stored == "uint8":
-        out = crop_flip(pixels, torch.Generator().manual_seed(1), NORM)
-    else:
-        out = crop_flip(images, torch.Generator().manual_seed(1))
+    out = crop_flip(crop_flip.store(images, "cpu"), torch.Generator().manual_seed(1))
     assert out.dtype == torch.float32 and out.shape == images.shape
     for i, (dy, dx, flip) in enumerate(draws.tolist()):
         assert torch.equal(out[i], reference_crop_flip(images[i], dy, dx, flip)), (i, dy, dx, flip)
@@ -66,14 +60,13 @@ def test_crop_offsets_and_flips_have_the_papers_distribution():
     assert len(torch.unique(first, dim=0)) > 50  # one batch: many different crops
 
 
-def test_uint8_storage_is_exact_and_resized_data_stays_float():
+def test_the_device_path_serves_the_dataloaders_exact_images():
     bundle = create_datasets("digits", augment="crop_flip")
-    assert bundle.train.pixels.dtype == torch.uint8 and bundle.train.crop_padding == 4
-    assert bundle.test.crop_padding == 0
-    for split in (bundle.train, bundle.test):
-        assert torch.equal(split.normalization(split.pixels), split.images)  # bit for bit the DataLoader's floats
-    resized = create_datasets("digits", img_size=12)
-    assert resized.train.pixels is None and resized.train.normalization is None
+    assert bundle.train.crop_padding == 4 and bundle.test.crop_padding == 0
+    train, test = create_loaders(bundle, 32, device="cpu", seed=0)
+    stored = train.images[:, :, :-1].reshape(bundle.train.images.shape)
+    assert torch.equal(stored, bundle.train.images) and not train.images[:, :, -1].any()  # + the zero padding
+    assert torch.equal(torch.cat([x for x, _ in test]), bundle.test.images)  # in order, unaugmented
 
 
 def ids_loader(n: int, batch: int, **kw) -> DeviceLoader:
@@ -171,12 +164,11 @@ def test_sigkill_then_resume_with_device_augmentation_is_bit_identical(tmp_path)
     assert [r["train_acc"] for r in records] == [r["train_acc"] for r in reference]
 
 
-def test_loaders_follow_device_data(tmp_path):
+def test_loaders_follow_device_data():
     bundle = create_datasets("digits", augment="crop_flip")
     train, test = create_loaders(bundle, 32, device="cpu", seed=0)
     assert isinstance(train, DeviceLoader) and train.crop_flip is not None and test.crop_flip is None
-    assert train.images.dtype == torch.uint8
-    x, y = next(iter(test))
-    assert torch.equal(x, bundle.test.images[:32]) and torch.equal(y, bundle.test.targets[:32])
+    x, y = next(iter(train))
+    assert x.shape == (32, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.long
     train, _ = create_loaders(bundle, 32)
     assert isinstance(train, torch.utils.data.DataLoader)
