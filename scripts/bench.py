@@ -115,6 +115,12 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _relative(path: str) -> str:
+    """A path inside the repository as written from its root (what the docs show), others unchanged."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else path
+
+
 def load_config(args: argparse.Namespace) -> Config:
     values = load_yaml(args.config)
     values.update(batch_size=args.batch_size, mixed_precision=args.mixed_precision,
@@ -565,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     cfg = load_config(args)
     command = shlex.join(["python", "scripts/bench.py", *(sys.argv[1:] if argv is None else argv)])
-    report = {"command": command, "config": args.config, "machine": machine_info(device),
+    report = {"command": command, "config": _relative(args.config), "machine": machine_info(device),
               "batch_size": cfg.batch_size, "device": str(device), "mixed_precision": cfg.mixed_precision,
               "channels_last": cfg.channels_last}
     print(f"`{command}`\n")
