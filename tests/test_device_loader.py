@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 from scipy.stats import chi2_contingency, chisquare
 
@@ -102,7 +104,17 @@ def test_process_shards_are_disjoint_and_cover_the_epoch():
     assert sorted(torch.cat(shards).tolist()) == list(range(n))
 
 
-def test_end_of_epoch_reaches_gradient_accumulation():
+@pytest.fixture
+def fresh_accelerate_state():
+    """An Accelerator made here must not leave its process-wide state to the in-process runs of later tests."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def test_end_of_epoch_reaches_gradient_accumulation(fresh_accelerate_state):
     """accelerate syncs gradients at the last batch of an epoch even mid accumulation window."""
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
     model = accelerator.prepare(torch.nn.Linear(1, 1))
@@ -116,6 +128,7 @@ def test_end_of_epoch_reaches_gradient_accumulation():
 SHARD_SCRIPT = """
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from greedy.device_loader import DeviceLoader
 acc = Accelerator(cpu=True)
 n = 70
@@ -129,6 +142,7 @@ test = DeviceLoader(ids, torch.arange(n), 8, shuffle=False, **kw)
 gathered = torch.cat([acc.gather_for_metrics(y) for _, y in test]).tolist()
 if acc.is_main_process:
     print("RESULT", len(mine), len(seen), len(set(seen)), gathered == list(range(n)))
+acc.end_training()  # destroys the process group: gloo's threads must not outlive it at exit
 """
 
 
