@@ -4,11 +4,20 @@ import json
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 
 from greedy.errors import exit_code
 from tests.helpers import load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """The check makes an Accelerator per precision (the last one bf16): later in-process runs must not inherit it."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_gpu_check_runs_every_stage_and_projects_the_paper_schedule(tmp_path):
