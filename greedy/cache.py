@@ -250,8 +250,9 @@ class FeatureCache:
         with device_data (each process its shard, as the image DeviceLoaders), else DataLoaders accelerate shards."""
         eval_batch_size = eval_batch_size or batch_size
         if self.on_device:
+            # the features stay where _fill put them: GPU memory under the device budget, else RAM
             shard = {"device": self.device, "seed": self.seed, "num_processes": self.num_processes,
-                     "process_index": self.rank}
+                     "process_index": self.rank, "resident": False}
             train, test = self.splits["train"], self.splits["test"]
             return (DeviceLoader(train.features, train.targets, batch_size, shuffle=True, **shard),
                     DeviceLoader(test.features, test.targets, eval_batch_size, shuffle=False, **shard))

@@ -21,7 +21,7 @@ import pickle
 import sys
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -123,27 +123,18 @@ def dataset_stats(dataset: str, data_dir: str | Path = "data") -> tuple[tuple[fl
 class Normalization:
     """``(x / max_value - mean) / std`` per channel, computed in float32 as ``x * scale + shift`` (one fused op).
 
-    The one normalization of the in-memory datasets (`x`: ``B x C x H x W`` or ``B x C x H*W``, any real dtype;
-    returns float32 of the same shape).
+    The one normalization of the in-memory datasets (`x`: ``B x C x H x W``, any real dtype; returns float32 of the
+    same shape).
     """
 
     max_value: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    _affine: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # (device, dim) -> tensors
-
-    def affine(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift), each ``1 x C x 1 x 1`` float32, computed in float64 and rounded once."""
-        std = torch.tensor(self.std, dtype=torch.float64)
-        scale = 1.0 / (self.max_value * std)
-        shift = -torch.tensor(self.mean, dtype=torch.float64) / std
-        return tuple(t.to(torch.float32).view(1, -1, 1, 1).to(device) for t in (scale, shift))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        key = (x.device, x.dim())
-        if key not in self._affine:
-            self._affine[key] = tuple(t.view(1, -1, *[1] * (x.dim() - 2)) for t in self.affine(x.device))
-        scale, shift = self._affine[key]
+        std = torch.tensor(self.std, dtype=torch.float64)
+        scale, shift = 1.0 / (self.max_value * std), -torch.tensor(self.mean, dtype=torch.float64) / std
+        scale, shift = (t.to(device=x.device, dtype=torch.float32).view(1, -1, 1, 1) for t in (scale, shift))
         return torch.addcmul(shift, x if x.dtype == torch.uint8 else x.to(torch.float32), scale)
 
 
@@ -299,8 +290,7 @@ def device_loader(split: TensorImageDataset, batch_size: int, *, shuffle: bool, 
                   **shard) -> DeviceLoader:
     """A DeviceLoader holding the split's normalized float32 images on `device`, augmented when the split is
     (`crop_padding`). `shard`: DeviceLoader's seed and process keys."""
-    images = split.images if split.crop_padding else split.images.to(device)  # crop + flip stores its own copy
-    return DeviceLoader(images, split.targets.to(device), batch_size, shuffle=shuffle, padding=split.crop_padding,
+    return DeviceLoader(split.images, split.targets.to(device), batch_size, shuffle=shuffle, padding=split.crop_padding,
                         device=device, **shard)
 
 

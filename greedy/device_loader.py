@@ -92,18 +92,19 @@ class DeviceLoader(DataLoaderStateMixin):
     module docstring.
 
     `images` (``N x C x H x W``: normalized float32 images, or cached features in their storage dtype) go to
-    `device` once; without augmentation they may stay where they are (a feature cache over its device budget):
-    batches are then gathered in RAM and copied (non-blocking from pinned memory on CUDA). Raises ValueError when
-    images and targets differ in length.
+    `device` once, at the first use; with `resident=False` and no augmentation they stay where they are (a feature
+    cache over its device budget): batches are then gathered in RAM and copied (non-blocking from pinned memory on
+    CUDA). Raises ValueError when images and targets differ in length.
     """
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, *, device: torch.device,
-                 shuffle: bool, padding: int = 0, seed: int = 0, num_processes: int = 1, process_index: int = 0):
+                 shuffle: bool, padding: int = 0, seed: int = 0, num_processes: int = 1, process_index: int = 0,
+                 resident: bool = True):
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         self.batch_size, self.device = batch_size, torch.device(device)
         self.crop_flip = CropFlip(*images.shape[-2:], padding, self.device) if padding else None
-        self.images = self.crop_flip.store(images, self.device) if self.crop_flip is not None else images
+        self._source, self._images, self.resident = images, None, resident
         self.targets = targets
         self.shuffle, self.seed = shuffle, seed
         self.num_processes, self.process_index = num_processes, process_index
@@ -112,6 +113,19 @@ class DeviceLoader(DataLoaderStateMixin):
         # what DataLoaderStateMixin.begin reads to set `remainder` for gather_for_metrics
         self.dataset, self._drop_last = targets, False
         self.total_batch_size = batch_size * num_processes
+
+    @property
+    def images(self) -> torch.Tensor:
+        """What batches are gathered from: the images on the device (crop + flip: their padded copy), or as given
+        (`resident=False`), made at the first use, so that a loader built and never read (the train loader beside
+        the test loader of a final evaluation) copies nothing."""
+        if self._images is None:
+            if self.crop_flip is not None:
+                self._images = self.crop_flip.store(self._source, self.device)
+            else:
+                self._images = self._source.to(self.device) if self.resident else self._source
+            self._source = None
+        return self._images
 
     def set_epoch(self, epoch: int) -> None:
         """The permutation and the augmentation of the next pass are functions of (seed, epoch, process)."""

@@ -24,6 +24,7 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -33,12 +34,12 @@ from accelerate.state import AcceleratorState
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from greedy.builder import GreedyBuilder  # noqa: E402
+from greedy.builder import GreedyBuilder, Stage  # noqa: E402
 from greedy.config import Config, build_config, load_yaml  # noqa: E402
 from greedy.data import DataBundle, Normalization, TensorImageDataset, create_loaders  # noqa: E402
 from greedy.errors import UsageError, run_cli  # noqa: E402
 from greedy.models import create_greedy_net  # noqa: E402
-from greedy.trainer import as_input, stage_logits, train_step  # noqa: E402
+from greedy.trainer import as_input, make_optimizer, stage_logits, train_step  # noqa: E402
 
 PAPER_TRAIN, PAPER_TEST = 50_000, 10_000  # CIFAR-10 images per epoch
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -111,6 +112,17 @@ def pipeline_rate(loader, device: torch.device, count: int) -> float:
     return seen / (time.perf_counter() - t0)
 
 
+def images_per_s(batch: Callable[[], int], warmup: int, steps: int, device: torch.device) -> float:
+    """Images/s of `batch()` (which returns the images it processed) over `steps` calls after `warmup` untimed."""
+    for _ in range(warmup):
+        batch()
+    sync(device)
+    t0 = time.perf_counter()
+    seen = sum(batch() for _ in range(steps))
+    sync(device)
+    return seen / (time.perf_counter() - t0)
+
+
 def peak_reset(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -118,6 +130,37 @@ def peak_reset(device: torch.device) -> None:
 
 def peak_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / MiB if device.type == "cuda" else None
+
+
+def check_stage(stage: Stage, cfg: Config, args: argparse.Namespace, accelerator: Accelerator, data: Iterator,
+                held: Iterator) -> dict:
+    """One greedy stage: training images/s (`train_step`), evaluation images/s, peak memory, projected epochs."""
+    device = accelerator.device
+    part = torch.compile(stage.trainable) if cfg.compile else stage.trainable
+    model, optimizer = accelerator.prepare(part, make_optimizer(cfg, part))
+
+    def train_batch() -> int:
+        x, y = next(data)
+        train_step(stage.prefix, model, optimizer, accelerator, as_input(x, cfg.channels_last), y)
+        return len(y)
+
+    @torch.no_grad()
+    def eval_batch() -> int:
+        x, y = next(held)
+        with accelerator.autocast():
+            stage_logits(stage, [model], as_input(x, cfg.channels_last))[0].argmax(1)
+        return len(y)
+
+    model.train()
+    peak_reset(device)
+    train_rate = images_per_s(train_batch, args.warmup, args.steps, device)
+    model.eval()
+    eval_rate = images_per_s(eval_batch, 1, args.eval_batches, device)
+    epoch_s = PAPER_TRAIN / train_rate + PAPER_TEST / eval_rate
+    accelerator.free_memory()
+    stage.trainable.eval()
+    return {"stage": stage.index + 1, "train img/s": train_rate, "eval img/s": eval_rate, "peak MiB": peak_mib(device),
+            "epoch s": epoch_s, f"{cfg.epochs} epochs min": cfg.epochs * epoch_s / 60}
 
 
 def check_precision(cfg: Config, args: argparse.Namespace, device: torch.device, train, test) -> list[dict]:
@@ -128,41 +171,9 @@ def check_precision(cfg: Config, args: argparse.Namespace, device: torch.device,
     net = create_greedy_net(cfg, num_classes=10, in_chans=3).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    builder, rows = GreedyBuilder(net), []
+    builder = GreedyBuilder(net)
     data, held = batches(train), batches(test)
-    for j in range(builder.num_stages):
-        stage = builder.stage(j)
-        part = torch.compile(stage.trainable) if cfg.compile else stage.trainable
-        model, optimizer = accelerator.prepare(part, torch.optim.SGD(part.parameters(), lr=cfg.lr,
-                                                                     momentum=cfg.momentum,
-                                                                     weight_decay=cfg.weight_decay))
-        model.train()
-        peak_reset(device)
-        for i in range(args.warmup + args.steps):
-            if i == args.warmup:
-                sync(device)
-                t0 = time.perf_counter()
-            x, y = next(data)
-            train_step(stage.prefix, model, optimizer, accelerator, as_input(x, cfg.channels_last), y)
-        sync(device)
-        train_rate = args.steps * cfg.batch_size / (time.perf_counter() - t0)
-        model.eval()
-        with torch.no_grad(), accelerator.autocast():
-            for i in range(1 + args.eval_batches):
-                if i == 1:
-                    sync(device)
-                    t0, seen = time.perf_counter(), 0
-                x, y = next(held)
-                stage_logits(stage, [model], as_input(x, cfg.channels_last))[0].argmax(1)
-                seen = seen + len(y) if i else 0
-        sync(device)
-        eval_rate = seen / (time.perf_counter() - t0)
-        epoch_s = PAPER_TRAIN / train_rate + PAPER_TEST / eval_rate
-        rows.append({"stage": j + 1, "train img/s": train_rate, "eval img/s": eval_rate, "peak MiB": peak_mib(device),
-                     "epoch s": epoch_s, f"{cfg.epochs} epochs min": cfg.epochs * epoch_s / 60})
-        accelerator.free_memory()
-        stage.trainable.eval()
-    return rows
+    return [check_stage(builder.stage(j), cfg, args, accelerator, data, held) for j in range(builder.num_stages)]
 
 
 def markdown(rows: list[dict]) -> str:
