@@ -1,6 +1,7 @@
 """scripts/bench.py: the tables it prints are computed from real measurements (tiny runs here)."""
 
 import json
+import statistics
 
 import pytest
 from accelerate.state import AcceleratorState
@@ -43,13 +44,17 @@ def test_precision_compare_bf16_saves_less_than_fp32(bench, tmp_path):
     assert all(r["speedup"] > 0 for r in rows.values())
 
 
+@pytest.mark.training
 def test_cache_compare_trains_both_ways_to_the_same_accuracy(bench, tmp_path):
     out = tmp_path / "cache.json"
     assert bench.main(["-c", "configs/digits_k2.yaml", "--cache-compare", "--epochs", "1",
                        "--work-dir", str(tmp_path / "runs"), "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["cache_compare"]["rows"]
     stages = [r for r in rows if isinstance(r["stage"], int)]
-    assert len(stages) == 3 and all(r["off_test_acc"] == r["on_test_acc"] for r in stages)
+    # the same computation up to the rounding of the prefix's batch composition (test_cache checks the weights):
+    # equal under the three CPU kernel sets here; 0.02 (7 of 360 test images) lets another CPU's rounding pass
+    assert len(stages) == 3 and all(abs(r["off_test_acc"] - r["on_test_acc"]) <= 0.02 for r in stages)
+    assert all(r["on_test_acc"] > 0.5 for r in stages), stages  # 1 epoch: 0.86-0.89 under each kernel set; chance 0.1
     assert all(r["on_cache_build_s"] > 0 for r in stages)
     total = next(r for r in rows if r["stage"] == "all stages (incl. cache builds)")
     assert total["on_stage_s"] == pytest.approx(sum(r["on_stage_s"] for r in stages))
@@ -62,8 +67,15 @@ def test_input_compare_measures_both_input_paths_and_the_step(bench, tmp_path):
     result = json.loads(out.read_text())["input_compare"]
     rows = {r["input path"]: r for r in result["rows"]}
     assert set(rows) == {"per_image", "per_image_1_worker", "device"}
-    assert rows["per_image"]["speedup vs per_image"] == 1.0
-    assert all(r["images/s"] > 0 for r in rows.values()) and result["images"] == 3 * 128
+    assert result["images"] == 3 * 128
+    # every figure follows from the measured pass times it reports: images/s = images / median time, and the
+    # speedup is the median over rounds of the per-image pass's time over this path's time in the same round
+    for name, row in rows.items():
+        times = result["all_s"][name]
+        assert len(times) == 2 and all(s > 0 for s in times)
+        assert row["images/s"] == pytest.approx(3 * 128 / statistics.median(times))
+        ratios = [a / b for a, b in zip(result["all_s"]["per_image"], times, strict=True)]
+        assert row["speedup vs per_image"] == pytest.approx(statistics.median(ratios))
     share = result["share"]
     assert share["input_share"] == pytest.approx(share["device_input_ms_per_batch"] / (
         share["device_input_ms_per_batch"] + share["stage1_step_ms"]))

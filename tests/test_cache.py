@@ -34,12 +34,19 @@ def max_rel_diff(a: dict, b: dict) -> float:
                for k in a if a[k].is_floating_point())
 
 
+def same_accuracy(a: dict, b: dict) -> bool:
+    """Each stage's test accuracy equal up to one of the 360 test images: weights within 1e-5 of each other may
+    flip an image that sits on a decision boundary on another CPU's kernels."""
+    return all(abs(x - y) <= 1.01 / 360 for x, y in zip(a["stage_test_acc"], b["stage_test_acc"], strict=True))
+
+
 @pytest.fixture(scope="module")
 def uncached(tmp_path_factory):
     out = tmp_path_factory.mktemp("cache")
     return out, run_train(out, "off", "--cache", "off")
 
 
+@pytest.mark.training
 def test_cache_on_matches_off_and_memmap_matches_ram(uncached, capsys):
     out, (w_off, s_off, _) = uncached
     w_ram, s_ram, log_ram = run_train(out, "ram", "--cache", "on", capsys=capsys)
@@ -52,20 +59,24 @@ def test_cache_on_matches_off_and_memmap_matches_ram(uncached, capsys):
     assert all(r["cache_time"] > 0 and r["time"] > r["cache_time"] for r in records)
     assert s_ram["cache_time_s"] == pytest.approx(sum({r["stage"]: r["cache_time"] for r in records}.values()))
     assert s_off["cache_time_s"] == 0
-    # fp32 cache: the same training up to the rounding of the prefix's batch composition
-    assert s_ram["stage_test_acc"] == s_off["stage_test_acc"]
-    assert max_rel_diff(w_ram, w_off) < 1e-5  # bit-identical on this CPU
+    # fp32 cache: the same computation up to the rounding of the prefix's batch composition, so the same weights
+    # (bit-identical under ATEN_CPU_CAPABILITY=default, avx2 and avx512 with one thread, December 2026)
+    assert max_rel_diff(w_ram, w_off) < 1e-5
+    assert same_accuracy(s_ram, s_off)
     # memory-mapped storage holds exactly the same features as RAM
     assert s_map["stage_test_acc"] == s_ram["stage_test_acc"]
     assert all(torch.equal(w_map[k], w_ram[k]) for k in w_ram)
 
 
+@pytest.mark.training
 def test_fp16_cache_accuracy_difference_is_bounded(uncached, capsys):
     out, (_, s_off, _) = uncached
     _, s16, log = run_train(out, "fp16", "--cache", "on", "--cache-dtype", "fp16", capsys=capsys)
     assert "float16 (3.5 MiB" in log  # half of the fp32 cache's 7.0 MiB
-    # Rounded inputs put SGD on another trajectory (weights differ like another seed's); accuracy stays put.
-    assert max(abs(a - b) for a, b in zip(s16["stage_test_acc"], s_off["stage_test_acc"], strict=True)) <= 0.02
+    # Rounded inputs put SGD on another trajectory (weights differ like another seed's); accuracy stays put:
+    # every stage of both at 0.97-0.99 under the three CPU kernel sets (December 2026), chance is 0.1.
+    assert min(s16["stage_test_acc"]) > 0.9
+    assert max(abs(a - b) for a, b in zip(s16["stage_test_acc"], s_off["stage_test_acc"], strict=True)) <= 0.05
 
 
 @pytest.fixture
@@ -76,15 +87,17 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+@pytest.mark.training
 def test_bf16_cache_is_lossless_under_bf16_autocast(tmp_path, capsys, fresh_accelerate_state):
     """The block's conv rounds its input to bf16 anyway: storing bf16 features changes nothing."""
     w_on, s_on, log = run_train(tmp_path, "on", "--mixed-precision", "bf16", "--cache", "on", capsys=capsys)
     w_off, s_off, _ = run_train(tmp_path, "off", "--mixed-precision", "bf16", "--cache", "off")
     assert "bfloat16" in log
-    assert s_on["stage_test_acc"] == s_off["stage_test_acc"]
-    assert max_rel_diff(w_on, w_off) < 1e-5  # bit-identical on this CPU
+    assert max_rel_diff(w_on, w_off) < 1e-5  # bit-identical under the three CPU kernel sets
+    assert same_accuracy(s_on, s_off)
 
 
+@pytest.mark.training
 def test_resume_rebuilds_the_cache_from_the_loaded_prefix(uncached, monkeypatch, capsys):
     out, _ = uncached
     w_ref, s_ref, _ = run_train(out, "ref", "--cache", "on", "--epochs", "3")
@@ -109,6 +122,7 @@ def test_resume_rebuilds_the_cache_from_the_loaded_prefix(uncached, monkeypatch,
     assert all(torch.equal(resumed[k], w_ref[k]) for k in w_ref)
 
 
+@pytest.mark.training
 def test_cache_on_with_augmentation_warns_once_and_trains(tmp_path, capsys):
     _, summary, log = run_train(tmp_path, "aug", "--cache", "on", "--augment", "crop_flip", "--epochs", "1",
                                 capsys=capsys)

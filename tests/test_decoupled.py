@@ -30,6 +30,7 @@ def decoupled_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.training
 def test_every_block_learns_and_is_logged_per_epoch(decoupled_run):
     run = decoupled_run / "ref"
     summary = json.loads((run / "summary.json").read_text())
@@ -51,6 +52,7 @@ def test_every_block_learns_and_is_logged_per_epoch(decoupled_run):
     assert not any(p.name.startswith("state-") for p in run.iterdir())
 
 
+@pytest.mark.training
 def test_resume_after_a_crash_is_bit_identical(decoupled_run, tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     real = trainer.evaluate_parts

@@ -164,6 +164,7 @@ ARGS = ["-c", "configs/digits_k2.yaml", "--epochs", "3", "--decay-epochs", "2", 
         "--no-progress"]
 
 
+@pytest.mark.training
 def test_sigkill_then_resume_with_device_augmentation_is_bit_identical(tmp_path):
     proc = start_train(*ARGS, "--out-dir", str(tmp_path), "--name", "killed")
     kill_during_stage2(proc, tmp_path / "killed")

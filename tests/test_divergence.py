@@ -26,6 +26,7 @@ def saved_tensors(run):
     return [t for f in run.rglob("*.safetensors") for t in load_file(str(f)).values() if t.is_floating_point()]
 
 
+@pytest.mark.training
 def test_a_real_divergence_stops_the_cli_and_resume_with_another_lr_is_refused(tmp_path):
     proc = cli("train.py", *TINY, "--lr", "1e6", "--out-dir", str(tmp_path), "--name", "run", check=False)
     assert proc.returncode == 3

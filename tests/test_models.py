@@ -1,9 +1,12 @@
+import re
+
 import pytest
 import timm
 import torch
 
 import greedy.models  # noqa: F401  (registers the models with timm)
 import train
+from greedy.config import build_config, load_yaml
 from greedy.models import GreedyNet
 from greedy.models.heads import AuxiliaryHead
 
@@ -15,8 +18,22 @@ CONFIGS = ["digits_k2", "fashion_mnist_k2", "cifar10_k1", "cifar10_k2", "cifar10
 def test_print_model_every_config(root, name, capsys, monkeypatch):
     monkeypatch.chdir(root)
     assert train.main(["-c", f"configs/{name}.yaml", "--print-model"]) == 0
-    out = capsys.readouterr().out
-    assert "block_out" in out and "model_params" in out
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[1].split()
+    assert header == ["stage", "units", "input", "block_out", "head", "block_params", "head_params", "model_params"]
+    rows = [dict(zip(header, re.split(r"\s{2,}", line.strip()), strict=True)) for line in lines[3:]]
+    # the printed counts are the net's own: block j's parameters, and the model after stage j (blocks 1..j + head j)
+    net = train.check_model_shapes(build_config(load_yaml(f"configs/{name}.yaml"), check_data=False))
+    assert [int(r["stage"]) for r in rows] == list(range(1, net.num_stages + 1))
+    count = lambda module: sum(p.numel() for p in module.parameters())
+    for j, row in enumerate(rows):
+        assert int(row["block_params"].replace(",", "")) == count(net.blocks[j])
+        assert int(row["head_params"].replace(",", "")) == count(net.heads[j])
+        blocks = sum(count(b) for b in net.blocks[:j + 1])
+        assert int(row["model_params"].replace(",", "")) == blocks + count(net.heads[j])
+    if name == "cifar10_k3":  # the paper's first block: conv 3x3, 3 -> 128 channels, no bias, then BatchNorm
+        assert rows[0]["input"] == "3x32x32" and rows[0]["block_out"] == "128x32x32"
+        assert rows[0]["block_params"] == f"{3 * 128 * 9 + 2 * 128:,}"
 
 
 def block_shapes(net, in_chans, size):

@@ -73,6 +73,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.training
 def test_two_processes_are_bit_identical_to_the_sequential_run(runs):
     seq, pipe = runs / "seq", runs / "pipe"
     assert same_weights(seq, pipe)
@@ -87,7 +88,8 @@ def test_two_processes_are_bit_identical_to_the_sequential_run(runs):
     assert not any(path.name.startswith("state-") for path in pipe.iterdir())
 
 
-@pytest.mark.parametrize("victim", [0])
+@pytest.mark.training
+@pytest.mark.parametrize("victim", [0, 1])
 def test_a_killed_process_stops_the_other_and_resume_is_bit_identical(runs, tmp_path, victim):
     procs = launch(2, *TINY, "--pipeline", "2", "--pipeline-timeout", "20", "--out-dir", str(tmp_path), "--name",
                    "killed", logs=tmp_path / "logs")
@@ -97,10 +99,8 @@ def test_a_killed_process_stops_the_other_and_resume_is_bit_identical(runs, tmp_
         assert time.time() < deadline and all(p.poll() is None for p in procs), log0.read_text()
         time.sleep(0.01)
     procs[victim].send_signal(signal.SIGKILL)
-    t0 = time.time()
     survivor = procs[1 - victim]
-    assert survivor.wait(30) == 4
-    assert time.time() - t0 < 20
+    assert survivor.wait(120) == 4  # stops on its own (--pipeline-timeout 20) instead of hanging: else TimeoutExpired
     lines = (tmp_path / "logs" / f"rank{1 - victim}.log").read_text().splitlines()
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: pipeline process {victim} (group {victim + 1}) was lost")
@@ -113,6 +113,7 @@ def test_a_killed_process_stops_the_other_and_resume_is_bit_identical(runs, tmp_
     assert metrics(run) == metrics(runs / "pipe")
 
 
+@pytest.mark.training
 def test_two_groups_of_two_replicas_keep_each_groups_replicas_equal(tmp_path):
     args = ["-c", "configs/digits_k2.yaml", "--widths", "8,8", "--downsample", "2", "--epochs", "2",
             "--batch-size", "32", "--no-progress", "--mode", "decoupled", "--pipeline", "2"]

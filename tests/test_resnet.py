@@ -161,14 +161,19 @@ def test_frozen_residual_module_bit_identical_after_stage_2(greedy_resnet_run):
     assert [r["stage"] for r in summary["rows"]] == [1, 2]
 
 
-@pytest.mark.parametrize("aux", ["cnn", "mlp", "mlp_sr"])
-def test_each_auxiliary_net_kind_trains_above_chance(tmp_path, aux):
-    assert train.main([*TINY_RESNET, "--epochs", "3", "--num-modules", "3", "--aux", aux, "--final-head", "auxiliary",
-                       "--out-dir", str(tmp_path), "--name", aux]) == 0
+# The MLP nets learn slower: at 3 epochs mlp_sr's module 2 ended at 0.46 (avx512), 0.74 (avx2), 0.75 (default
+# kernels); at 6 epochs every module of mlp and mlp_sr ends at 0.90 or more under all three, and cnn at 3 epochs
+# at 0.94 or more (ATEN_CPU_CAPABILITY=default|avx2|avx512, December 2026): 0.6 leaves a margin of 0.3.
+@pytest.mark.training
+@pytest.mark.parametrize("aux, epochs", [("cnn", 3), ("mlp", 6), ("mlp_sr", 6)])
+def test_each_auxiliary_net_kind_trains_above_chance(tmp_path, aux, epochs):
+    assert train.main([*TINY_RESNET, "--epochs", str(epochs), "--num-modules", "3", "--aux", aux,
+                       "--final-head", "auxiliary", "--out-dir", str(tmp_path), "--name", aux]) == 0
     summary = json.loads((tmp_path / aux / "summary.json").read_text())
     assert min(summary["stage_test_acc"]) > 0.6, summary["stage_test_acc"]  # chance is 0.1
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("mode", ["e2e", "decoupled"])
 def test_e2e_and_decoupled_on_a_residual_net(tmp_path, mode):
     assert train.main([*TINY_RESNET, "--num-modules", "3", "--mode", mode, "--out-dir", str(tmp_path),

@@ -29,6 +29,7 @@ def greedy_timm_run(tmp_path_factory):
     return out / "greedy"
 
 
+@pytest.mark.training
 def test_greedy_timm_resnet_trains_above_chance(greedy_timm_run):
     summary = json.loads((greedy_timm_run / "summary.json").read_text())
     assert [r["stage"] for r in summary["rows"]] == [1, 2]
@@ -47,6 +48,7 @@ def test_saved_run_round_trips_with_the_timm_head(greedy_timm_run):
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("mode", ["e2e", "decoupled"])
 def test_e2e_and_decoupled_on_a_timm_backbone(tmp_path, mode):
     assert train.main([*TINY_TIMM, "--mode", mode, "--out-dir", str(tmp_path), "--name", mode]) == 0

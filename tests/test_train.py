@@ -16,13 +16,16 @@ def greedy_run(tmp_path_factory):
     return out / "greedy", proc
 
 
+@pytest.mark.training
 def test_greedy_digits_accuracy_rises_above_chance(greedy_run):
     run, proc = greedy_run
     accs = summary(run)["stage_test_acc"]
     assert len(accs) == 3
     assert min(accs) > 0.9  # chance is 0.1
-    # deeper stages keep what the first learned (on 360 test images one image is 0.28 points: no strict order)
-    assert accs[2] >= accs[0] - 0.02
+    # Deeper stages keep what the first learned. Measured with ATEN_CPU_CAPABILITY=default|avx2|avx512 (December
+    # 2026): stage 1 at 0.989, stage 3 at 0.983-0.989; one of the 360 test images is 0.28 points, and another CPU's
+    # rounding moves a few: 0.05 (18 images) lets no such move fail the test, and a stage 3 that forgot fails it.
+    assert accs[2] >= accs[0] - 0.05
     assert "final test accuracy" in proc.stdout and "ensemble_acc" in proc.stdout
     names = {p.name for p in run.iterdir()}
     assert {"config.yaml", "metrics.jsonl", "stage1.safetensors", "stage3.safetensors", "model.safetensors"} <= names
@@ -56,6 +59,31 @@ def test_metrics_jsonl_has_every_epoch(greedy_run):
     assert {"loss", "train_acc", "test_acc", "lr", "time"} <= set(records[0])
 
 
+# The speed options change how the same training runs (memory layout, one optimizer step per two batches, compiled
+# kernels), so not its rounding-level trajectory: each must still train the net as well as the default does.
+SPEED_OPTIONS = {
+    "channels_last": (["--channels-last"], "channels_last: true"),
+    "grad_accum": (["--grad-accum", "2", "--batch-size", "32"],
+                   "grad_accum: 2"),
+    # two blocks, two epochs: compiling each block and head costs about 40 s on 2 cores without inductor's cache
+    "compile": (["--compile", "--widths", "16,32", "--downsample", "2", "--epochs", "2"], "compile: true"),
+}
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("option", list(SPEED_OPTIONS))
+def test_speed_options_train_above_chance(tmp_path, option):
+    flags, expected = SPEED_OPTIONS[option]
+    proc = cli("train.py", *TINY, *flags, "--out-dir", str(tmp_path), "--name", option, env={"OMP_NUM_THREADS": "1"})
+    result = summary(tmp_path / option)
+    assert len(result["stage_test_acc"]) == (2 if option == "compile" else 3)
+    assert min(result["stage_test_acc"]) > 0.9  # chance is 0.1
+    assert expected in (tmp_path / option / "config.yaml").read_text().splitlines()
+    if option == "grad_accum":
+        assert "global batch: 32 per process x 1 processes x 2 accumulation steps = 64" in proc.stdout
+
+
+@pytest.mark.training
 def test_e2e_baseline_same_config(tmp_path):
     proc = cli("train.py", *TINY, "--mode", "e2e", "--out-dir", str(tmp_path), "--name", "e2e")
     result = summary(tmp_path / "e2e")

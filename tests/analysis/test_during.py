@@ -43,6 +43,7 @@ def without_timing(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
+@pytest.mark.training
 def test_probe_records_are_present_and_well_formed(runs):
     run = RunDir(runs / "probed")
     probes = run.read_metrics("probe")
@@ -70,6 +71,7 @@ def test_probe_every_0_writes_none(runs):
     assert RunDir(runs / "plain").read_metrics("probe") == []
 
 
+@pytest.mark.training
 def test_probes_do_not_change_training(runs):
     probed, plain = load_file(runs / "probed" / "model.safetensors"), load_file(runs / "plain" / "model.safetensors")
     assert probed.keys() == plain.keys()
@@ -79,6 +81,7 @@ def test_probes_do_not_change_training(runs):
                                                                                      .read_metrics())
 
 
+@pytest.mark.training
 def test_resume_keeps_metrics_identical_to_an_uninterrupted_run(runs, tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     real = trainer.evaluate_parts

@@ -115,15 +115,24 @@ def test_every_family_has_one_entry_per_depth(analysed):
     assert analysis["settings"]["samples"] == 200 and analysis["settings"]["mc_samples"] == 300
 
 
+@pytest.mark.training
 def test_numbers_are_finite_and_in_range(analysed):
     _, _, analysis, _ = analysed
     assert all(math.isfinite(v) for v in _numbers(analysis))
+    a_res, b_res = (run["results"] for run in analysis["runs"])
+    # depth 0 is the input, the same samples for both runs: what the probes find there cannot depend on training
+    for fam in ("linear", "knn", "clustering"):
+        assert a_res[fam]["layers"][0]["depth"] == 0 and a_res[fam]["layers"][0] == b_res[fam]["layers"][0], fam
     for run in analysis["runs"]:
         res = run["results"]
         accs = [e[k] for fam in ("linear", "knn") for e in res[fam]["layers"] for k in ("train_acc", "test_acc")
                 if k in e]
         assert accs and all(0.0 <= a <= 1.0 for a in accs)
+        assert res["linear"]["layers"][-1]["test_acc"] > 0.5  # the trained net's last block; chance is 0.1
         assert all(0.0 <= e["silhouette"] + 1 <= 2 and e["ratio"] > 0 for e in res["clustering"]["layers"])
+        # regions of the net up to block l refine those up to block l - 1 (its ReLUs and all before): never fewer
+        regions = [e["n_regions"] for e in res["regions"]["layers"]]
+        assert regions == sorted(regions), regions
         cka = torch.tensor(res["cka"]["matrix"])
         assert torch.allclose(cka.diagonal(), torch.ones(4)) and torch.allclose(cka, cka.T)
         assert bool(((cka >= -1e-9) & (cka <= 1 + 1e-9)).all())
@@ -145,6 +154,7 @@ def test_numbers_are_finite_and_in_range(analysed):
     [final] = conn["paths"]  # greedy vs e2e: only the last head is trained in both
     assert final["model"] == "final" and final["train_loss_barrier"] >= 0 and len(final["test_acc"]) == 3
     assert all(0 <= a <= 1 for a in final["test_acc"] + final["stored_bn_test_acc"])
+    assert min(final["stored_bn_test_acc"]) > 0.5  # both endpoints are trained nets; chance is 0.1
 
 
 def test_plots_and_summary_are_written_and_nothing_else_changes(analysed, runs):
