@@ -39,7 +39,16 @@ from greedy.data import (
     log_skipped_images,
     skipped_images,
 )
-from greedy.errors import DIVERGED_EXIT, TrainingDiverged, UsageError, run_cli
+from greedy.errors import (
+    DIVERGED_EXIT,
+    WRITE_ERRNOS,
+    WRITE_EXIT,
+    Interrupted,
+    TrainingDiverged,
+    UsageError,
+    WriteFailed,
+    run_cli,
+)
 from greedy.models import check_shapes, create_greedy_net
 from greedy.pipeline import Pipeline
 from greedy.summary import describe_model, format_table, result_rows
@@ -142,6 +151,45 @@ def results(cfg: Config, net, run: RunDir, heads: dict[str, list[float]], accele
                   "rank_weight_digests": digests}
 
 
+def interrupted_where(builder: GreedyBuilder, run: RunDir) -> tuple[str, bool]:
+    """Where a run stopped, from its run directory ("stage 2, epoch 4"), and whether anything of it is saved:
+    the epoch in training is the one after the newest complete state, in the first stage without weights."""
+    stages = builder.stage_ids()
+    todo = [(n, index, name) for n, (index, name) in enumerate(stages) if not run.stage_weights_path(name).exists()]
+    try:
+        state = run.latest_state()
+    except UsageError:  # an incomplete newest state: a resume reports it
+        state = None
+    saved = state is not None or len(todo) < len(stages)
+    if not todo:
+        return "the final evaluation", saved
+    n, index, name = todo[0]
+    epoch = state[1] + 2 if state is not None and state[0] == index else 1
+    if builder.mode == "greedy":
+        return f"stage {n + 1}, epoch {epoch}", saved
+    return f"{name} training, epoch {epoch}", saved
+
+
+def stopped(err: WriteFailed | Interrupted, builder: GreedyBuilder, run: RunDir, tracker: Tracker | None) -> None:
+    """Complete the one line of a run stopped by a failed write or a signal with where it was and the command
+    that continues it, and end its W&B run marked as failed (write) or interrupted (signal)."""
+    resume = f"python train.py --resume {run.path}"
+    if isinstance(err, WriteFailed):
+        err.retry = f"run {resume}"
+        code = WRITE_EXIT
+    else:
+        where, saved = interrupted_where(builder, run)
+        err.where = where
+        err.retry = (f"the last complete epoch is saved: {resume}" if saved else
+                     f"no epoch was complete yet: {resume} starts again")
+        code = err.exit_code
+    if tracker is not None:
+        try:
+            tracker.finish(exit_code=code, interrupted=isinstance(err, Interrupted))
+        except (Exception, Interrupted):  # a second signal or a full disk must not hide the first line
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     cfg, run = resolve_config(args)
@@ -181,68 +229,81 @@ def main(argv: list[str] | None = None) -> int:
         if accelerator.is_main_process:
             holder = [str(RunDir.create(cfg, Path(args.config).stem).path)]
         run = RunDir(Path(broadcast_object_list(holder)[0]))
-    say(f"run directory: {run.path}")
-    log_skipped_images(data, run.path / SKIPPED_IMAGES)
-    replicas = accelerator.num_processes // cfg.pipeline  # processes reading different data
-    if replicas > 1 or cfg.grad_accum > 1:  # --batch-size is per process: say what it adds up to
-        say(f"global batch: {cfg.batch_size} per process x {replicas} {'replicas' if pipe else 'processes'} x "
-            f"{cfg.grad_accum} accumulation steps = {cfg.batch_size * replicas * cfg.grad_accum}")
-    tracker = Tracker(accelerator, cfg, run, say)
-    resume = run.latest_state()
-    replayed = tracker.replay(run.metrics_until(resume[:2] if resume else None, by_epoch=cfg.mode == "decoupled",
-                                                kind=None))
-    if replayed:
-        say(f"W&B: logged {replayed} record(s) from metrics.jsonl that the interrupted run had not saved")
-
+    tracker = None
     builder = GreedyBuilder(net, cfg.mode)
-    pipeline_figures: list[dict] = []
-    cache = FeatureCache.for_run(cfg, accelerator, run.path, say) if use_cache else None
-    probes = TrainingProbes.for_run(cfg, net, data)  # None unless probe_every is set
     try:
-        for i in range(builder.num_stages):
-            stage = builder.stage(i)
-            weights = run.stage_weights_path(stage.name)
-            if weights.exists():  # finished before a resume
-                load_into(net, load_safetensors(weights), weights, strict=False)
-                continue
-            resume_from = resume[2] if resume is not None and resume[0] == stage.index else None
-            if resume_from is not None:  # check first: a corrupt checkpoint must not cost the metrics already saved
-                run.verify_state(resume_from)
-                if accelerator.is_main_process:
-                    run.truncate_metrics(resume[0], resume[1], by_epoch=stage.decoupled)
-            if pipe is not None:
-                pipeline_figures = pipe.train(stage, data, run, tracker, resume_from, say)
-            else:
-                stage, loaders, cache_seconds = stage_loaders(cfg, data, stage, cache, net, accelerator)
-                train_stage(stage, cfg, accelerator, loaders, run, tracker, resume_from, say, cache_seconds,
-                            probes)
-            if accelerator.is_main_process:
-                run.save_weights(weights, builder.stage_state_dict(stage))
-            run.drop_states(accelerator)
-    except TrainingDiverged:
-        tracker.finish(exit_code=DIVERGED_EXIT)  # the W&B run ends marked failed, its history kept
-        raise
-    finally:
-        if cache is not None:
-            cache.close()
+        say(f"run directory: {run.path}")
+        log_skipped_images(data, run.path / SKIPPED_IMAGES)
+        replicas = accelerator.num_processes // cfg.pipeline  # processes reading different data
+        if replicas > 1 or cfg.grad_accum > 1:  # --batch-size is per process: say what it adds up to
+            say(f"global batch: {cfg.batch_size} per process x {replicas} {'replicas' if pipe else 'processes'} x "
+                f"{cfg.grad_accum} accumulation steps = {cfg.batch_size * replicas * cfg.grad_accum}")
+        tracker = Tracker(accelerator, cfg, run, say)
+        resume = run.latest_state()
+        replayed = tracker.replay(run.metrics_until(resume[:2] if resume else None, by_epoch=cfg.mode == "decoupled",
+                                                    kind=None))
+        if replayed:
+            say(f"W&B: logged {replayed} record(s) from metrics.jsonl that the interrupted run had not saved")
 
-    _, test_loader = data_loaders(cfg, data, accelerator)
-    heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator, cfg.channels_last)
-    rows, final = results(cfg, net, run, heads, accelerator)
-    skipped = skipped_images(data)
-    if skipped:
-        say(f"warning: skipped {len(skipped)} unreadable image(s), listed in summary.json (skipped_images)")
-    final.update(skipped_images=skipped)
-    if pipe is not None:
-        final.update(pipeline=pipeline_figures)
-    if accelerator.is_main_process:
-        run.save_weights(run.path / "model.safetensors",
-                         {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})
-        run.save_summary({"mode": cfg.mode, "rows": rows, **final})
-    say(format_table(rows))
-    say(f"final test accuracy: {final['final_test_acc']:.4f}  ({run.path})")
-    tracker.log_summary(rows, final)
-    tracker.finish()
+        pipeline_figures: list[dict] = []
+        cache = FeatureCache.for_run(cfg, accelerator, run.path, say) if use_cache else None
+        probes = TrainingProbes.for_run(cfg, net, data)  # None unless probe_every is set
+        try:
+            for i in range(builder.num_stages):
+                stage = builder.stage(i)
+                weights = run.stage_weights_path(stage.name)
+                if weights.exists():  # finished before a resume
+                    load_into(net, load_safetensors(weights), weights, strict=False)
+                    continue
+                resume_from = resume[2] if resume is not None and resume[0] == stage.index else None
+                if resume_from is not None:  # check first: a corrupt checkpoint must not cost the metrics saved
+                    run.verify_state(resume_from)
+                    if accelerator.is_main_process:
+                        run.truncate_metrics(resume[0], resume[1], by_epoch=stage.decoupled)
+                elif accelerator.is_main_process:  # a fresh stage: no record of an earlier try of it stays
+                    run.drop_stage_metrics(stage.index, by_epoch=stage.decoupled)
+                if pipe is not None:
+                    pipeline_figures = pipe.train(stage, data, run, tracker, resume_from, say)
+                else:
+                    stage, loaders, cache_seconds = stage_loaders(cfg, data, stage, cache, net, accelerator)
+                    train_stage(stage, cfg, accelerator, loaders, run, tracker, resume_from, say, cache_seconds,
+                                probes)
+                if accelerator.is_main_process:
+                    run.save_weights(weights, builder.stage_state_dict(stage))
+                run.drop_states(accelerator)
+        except TrainingDiverged:
+            tracker.finish(exit_code=DIVERGED_EXIT)  # the W&B run ends marked failed, its history kept
+            raise
+        finally:
+            if cache is not None:
+                cache.close()
+
+        _, test_loader = data_loaders(cfg, data, accelerator)
+        heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator, cfg.channels_last)
+        rows, final = results(cfg, net, run, heads, accelerator)
+        skipped = skipped_images(data)
+        if skipped:
+            say(f"warning: skipped {len(skipped)} unreadable image(s), listed in summary.json (skipped_images)")
+        final.update(skipped_images=skipped)
+        if pipe is not None:
+            final.update(pipeline=pipeline_figures)
+        if accelerator.is_main_process:
+            run.save_weights(run.path / "model.safetensors",
+                             {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})
+            run.save_summary({"mode": cfg.mode, "rows": rows, **final})
+        say(format_table(rows))
+        say(f"final test accuracy: {final['final_test_acc']:.4f}  ({run.path})")
+        tracker.log_summary(rows, final)
+        tracker.finish()
+    except (WriteFailed, Interrupted) as err:
+        stopped(err, builder, run, tracker)
+        raise
+    except OSError as err:  # a write outside greedy.files (a library's own file): the same one line
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        failed = WriteFailed(err.filename or run.path, err.errno, err.strerror or os.strerror(err.errno))
+        stopped(failed, builder, run, tracker)
+        raise failed from None
     return 0
 
 

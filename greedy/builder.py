@@ -74,6 +74,14 @@ class GreedyBuilder:
     def num_stages(self) -> int:
         return self.net.num_stages if self.mode == "greedy" else 1
 
+    def stage_ids(self) -> list[tuple[int, str]]:
+        """(0-based block index, name) of each stage, as `stage(i)` makes them: the index its states are saved
+        under (state-s{index}-e{epoch}) and the name of its weights file."""
+        last = self.net.num_stages - 1
+        if self.mode == "greedy":
+            return [(i, f"stage{i + 1}") for i in range(self.net.num_stages)]
+        return [(last, self.mode)]
+
     def stage(self, i: int) -> Stage:
         """Stage i, with its prefix frozen and its trainable part unfrozen."""
         net = self.net

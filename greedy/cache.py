@@ -29,6 +29,7 @@ from greedy.config import Config
 from greedy.data import DataBundle, device_loader
 from greedy.device_loader import DeviceLoader
 from greedy.errors import UsageError
+from greedy.files import preallocate, writing
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -288,9 +289,12 @@ class FeatureCache:
 def _allocate(shape: tuple[int, ...], dtype: torch.dtype, path: Path | None,
               device: torch.device | str = "cpu") -> torch.Tensor:
     """An uninitialized tensor on `device` (RAM by default), or backed by a new file at `path` (shared mapping:
-    pages can be evicted)."""
+    pages can be evicted). The file's disk space is reserved first, so a full disk raises WriteFailed here
+    rather than a SIGBUS when a page is written."""
     if path is None:
         return torch.empty(shape, dtype=dtype, device=device)
-    path.unlink(missing_ok=True)
-    return torch.from_file(str(path), shared=True, size=math.prod(shape), dtype=dtype).view(shape)
+    size = math.prod(shape)
+    preallocate(path, size * dtype.itemsize)
+    with writing(path):
+        return torch.from_file(str(path), shared=True, size=size, dtype=dtype).view(shape)
 

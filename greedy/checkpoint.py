@@ -21,29 +21,11 @@ from safetensors.torch import load_file, save_file
 
 from greedy.config import Config, build_config, load_yaml, save_config
 from greedy.errors import TrainingDiverged, UsageError
+from greedy.files import append_text, atomic_write, share_like_umask, writing
 
 STATE_DIR = re.compile(r"^state-s(\d+)-e(\d+)$")
 SKIPPED_IMAGES = "skipped_images.txt"  # unreadable images skipped so far, one path a line (image folders)
 COMPLETE = "COMPLETE"  # written last into a state directory; its absence means an interrupted write
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def share_like_umask(path: Path) -> None:
-    """Give a file the mode a plain open() would (0666 minus the umask); some writers (safetensors, mkstemp)
-    create 0600 files that colleagues sharing a run directory cannot read."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    share_like_umask(tmp)
-    os.replace(tmp, path)
 
 
 def strict_json(value: Any) -> Any:
@@ -140,7 +122,11 @@ class RunDir:
             raise UsageError(f"cannot create run directory {path} ({err.strerror}); pass a writable --out-dir") \
                 from None
         run = cls(path)
-        _atomic_write(run.config_path, lambda p: save_config(cfg, p))
+        try:
+            atomic_write(run.config_path, lambda p: save_config(cfg, p))
+        except BaseException:  # a folder without its config is no run: leave nothing, so a retry can start it
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         return run
 
     @classmethod
@@ -168,8 +154,8 @@ class RunDir:
 
     # metrics
     def log(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(dumps(record) + "\n")
+        """Append one record to metrics.jsonl (a failed append leaves no half line; raises WriteFailed)."""
+        append_text(self.metrics_path, dumps(record) + "\n")
 
     def stage_seconds(self) -> dict[int, float]:
         """Wall time of each (0-based) stage, from its last metrics record."""
@@ -217,7 +203,17 @@ class RunDir:
         """Drop records of every kind written after the state we resume from (0-based stage, epoch), so none is
         duplicated."""
         keep = self.metrics_until((stage, epoch), by_epoch, kind=None)
-        _atomic_write(self.metrics_path, lambda p: p.write_text("".join(dumps(r) + "\n" for r in keep)))
+        atomic_write(self.metrics_path, lambda p: p.write_text("".join(dumps(r) + "\n" for r in keep)))
+
+    def drop_stage_metrics(self, stage: int, by_epoch: bool = False) -> None:
+        """Drop the records of a stage (0-based) that starts from scratch, and of everything after it: a run
+        stopped before the stage's first state was saved may have logged its first epoch already."""
+        if not self.metrics_path.exists():
+            return
+        if by_epoch:  # decoupled: one joint stage, every record of it
+            self.truncate_metrics(stage, -1, by_epoch=True)
+        else:
+            self.truncate_metrics(stage - 1, 1 << 30)
 
     # weights of finished stages and of the final model
     def stage_weights_path(self, name: str) -> Path:
@@ -226,10 +222,10 @@ class RunDir:
     def save_weights(self, path: Path, state: dict[str, torch.Tensor]) -> None:
         """Write a weights file atomically; raises TrainingDiverged (writing nothing) if a tensor is not finite."""
         check_finite(state, str(path))
-        _atomic_write(path, lambda p: save_file(state, str(p)))
+        atomic_write(path, lambda p: save_file(state, str(p)))
 
     def save_summary(self, summary: dict[str, Any]) -> None:
-        _atomic_write(self.path / "summary.json", lambda p: p.write_text(dumps(summary, indent=2)))
+        atomic_write(self.path / "summary.json", lambda p: p.write_text(dumps(summary, indent=2)))
 
     def read_summary(self) -> dict[str, Any]:
         path = self.path / "summary.json"
@@ -263,23 +259,30 @@ class RunDir:
         (`rank_files`) into the folder (pipelined training: each process holds different blocks)."""
         final = self.path / f"state-s{stage}-e{epoch}"
         tmp = self.path / f".tmp-state-s{stage}-e{epoch}"
+        try:
+            with writing(final):
+                if accelerator.is_main_process:
+                    if tmp.exists():
+                        shutil.rmtree(tmp)
+                    tmp.mkdir()
+                accelerator.wait_for_everyone()
+                if save_rank is not None:
+                    save_rank(tmp)
+                else:
+                    accelerator.save_state(str(tmp), safe_serialization=True)
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    (tmp / "progress.json").write_text(dumps({"stage": stage, "epoch": epoch, **extra}))
+                    for file in tmp.rglob("*"):
+                        if file.is_file():
+                            share_like_umask(file)
+                    (tmp / COMPLETE).write_text("")
+                    os.replace(tmp, final)
+        except BaseException:  # the previous epoch's state stays the newest complete one
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if accelerator.is_main_process:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
-        accelerator.wait_for_everyone()
-        if save_rank is not None:
-            save_rank(tmp)
-        else:
-            accelerator.save_state(str(tmp), safe_serialization=True)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            (tmp / "progress.json").write_text(dumps({"stage": stage, "epoch": epoch, **extra}))
-            for file in tmp.rglob("*"):
-                if file.is_file():
-                    share_like_umask(file)
-            (tmp / COMPLETE).write_text("")
-            os.replace(tmp, final)
             for s, e, path in self.state_dirs():
                 if (s, e) != (stage, epoch):
                     shutil.rmtree(path)

@@ -34,6 +34,7 @@ from torchvision.transforms import v2
 
 from greedy.device_loader import DeviceLoader
 from greedy.errors import UsageError, one_line
+from greedy.files import append_text
 
 DATASETS: tuple[str, ...] = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagenet", "fake")
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip", "imagenet")
@@ -318,11 +319,8 @@ def _in_memory_bundle(name: str, raw: _RawData, img_size: int | None, crop_flip:
     in_chans, native = raw.train_images.shape[1], raw.train_images.shape[-1]
     size = img_size or native
     mean, std = raw.stats or _train_stats(raw.train_images, raw.max_value)
-    for targets in (raw.train_targets, raw.test_targets):
-        if len(targets) and (targets.min() < 0 or targets.max() >= raw.num_classes):
-            raise UsageError(
-                f"dataset '{name}': labels outside 0..{raw.num_classes - 1}; the files look corrupt"
-            )
+    for split, targets in (("train", raw.train_targets), ("test", raw.test_targets)):  # the readers check files
+        check_labels(f"dataset '{name}', {split} split", targets.numpy(), raw.num_classes, name)
     norm = Normalization(raw.max_value, tuple(mean), tuple(std))
     padding = CROP_PADDING if crop_flip else 0
     transform = crop_flip_transform(size, padding) if crop_flip else None
@@ -408,8 +406,9 @@ def _load_cifar(data_dir: Path, download: bool, hundred: bool) -> _RawData:
             "pass --data-dir DIR or --download"
         )
     label_key = "fine_labels" if hundred else "labels"
-    train_x, train_y = _read_cifar_batches([folder / f for f in train_files], label_key)
-    test_x, test_y = _read_cifar_batches([folder / f for f in test_files], label_key)
+    classes = 100 if hundred else 10
+    train_x, train_y = _read_cifar_batches([folder / f for f in train_files], label_key, classes)
+    test_x, test_y = _read_cifar_batches([folder / f for f in test_files], label_key, classes)
     stats = _CIFAR100_STATS if hundred else _CIFAR10_STATS
     return _RawData(train_x, train_y, test_x, test_y, num_classes=100 if hundred else 10, stats=stats)
 
@@ -455,8 +454,22 @@ def read_cifar_batch(path: Path) -> dict[str, object]:
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 
-def _read_cifar_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate pickle batches: ``data`` is N x 3072 uint8 (R, G, B planes of 32x32, row-major)."""
+def check_labels(path: Path | str, labels: np.ndarray, num_classes: int, dataset: str) -> None:
+    """Refuse a label file (or batch) holding a label outside 0..num_classes-1, naming the file, the first bad
+    record (0-based) and its value.
+
+    Raises:
+        UsageError: `DIR/data_batch_3: label 10 at record 7 is outside 0..9 (CIFAR-10 has 10 classes); ...`.
+    """
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise UsageError(f"{path}: label {labels[bad[0]]} at record {bad[0]} is outside 0..{num_classes - 1} "
+                         f"({dataset} has {num_classes} classes); replace the file with the original")
+
+
+def _read_cifar_batches(paths: list[Path], label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate pickle batches: ``data`` is N x 3072 uint8 (R, G, B planes of 32x32, row-major); labels are
+    checked to lie in 0..num_classes-1 (check_labels)."""
     images, labels = [], []
     for path in paths:
         entry = read_cifar_batch(path)
@@ -475,6 +488,7 @@ def _read_cifar_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor
             raise UsageError(
                 f"CIFAR batch {path} has {len(data)} images but {len(batch_labels)} labels; re-download it"
             )
+        check_labels(path, batch_labels, num_classes, f"CIFAR-{num_classes}")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(batch_labels)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
@@ -544,6 +558,9 @@ def _load_fashion_mnist(data_dir: Path, download: bool, img_size: int | None) ->
     `FashionMNIST/raw` (torchvision's layout), or downloaded there by torchvision."""
     files = _fashion_mnist_files(data_dir, download)
     arrays = [read_idx(files[name], 3 if "images" in name else 1) for name in _FMNIST_FILES]
+    for name, array in zip(_FMNIST_FILES, arrays, strict=True):
+        if "labels" in name:
+            check_labels(files[name], array, 10, "Fashion-MNIST")
     for images, labels, split in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "t10k")):
         if len(images) != len(labels):
             raise UsageError(f"dataset 'fashion_mnist': {split} has {len(images)} images but {len(labels)} labels; "
@@ -640,8 +657,7 @@ class CheckedImageFolder(ImageFolder):
         self.skipped.append(path)
         print(f"warning: skipped unreadable image {path} ({reason})", file=sys.stderr)
         if self.skip_log is not None:
-            with open(self.skip_log, "a") as f:  # one short append per file: atomic across processes
-                f.write(path + "\n")
+            append_text(self.skip_log, path + "\n")  # one short append per file: atomic across processes
 
     def __getitem__(self, index: int) -> tuple[object, int]:
         for offset in range(len(self.samples)):
@@ -672,8 +688,7 @@ def log_skipped_images(bundle: DataBundle, path: Path) -> None:
         if isinstance(dataset, CheckedImageFolder):
             dataset.skip_log = path
             if dataset.skipped:
-                with open(path, "a") as f:
-                    f.write("".join(p + "\n" for p in dataset.skipped))
+                append_text(path, "".join(p + "\n" for p in dataset.skipped))
 
 
 def _imagenet_bundle(data_dir: Path, img_size: int, augment: bool, strict: bool = False) -> DataBundle:

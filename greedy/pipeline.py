@@ -41,6 +41,7 @@ from greedy.config import Config
 from greedy.data import DataBundle, TensorImageDataset, create_loaders, default_workers, device_loader
 from greedy.device_loader import DeviceLoader
 from greedy.errors import PipelineLost, UsageError
+from greedy.files import writing
 from greedy.models import GreedyNet
 from greedy.models.greedy_net import _meta_call
 from greedy.tracking import Tracker
@@ -443,11 +444,13 @@ class Pipeline:
         weights = {f"{j}.{k}": v.detach().cpu().contiguous() for j, part in zip(self.placement.blocks(), parts,
                                                                                  strict=True)
                    for k, v in part.state_dict().items()}
-        save_file(weights, str(weights_path))
         state = {"optimizers": [o.state_dict() for o in optimizers], "rng": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        torch.save(state, state_path)
+        with writing(weights_path):
+            save_file(weights, str(weights_path))
+        with writing(state_path):
+            torch.save(state, state_path)
 
     @torch.no_grad()
     def assemble(self, stage: Stage) -> None:

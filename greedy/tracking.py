@@ -17,6 +17,7 @@ from accelerate.utils import broadcast_object_list
 from greedy.checkpoint import RunDir, record_kind
 from greedy.config import Config
 from greedy.errors import UsageError
+from greedy.files import write_bytes
 
 
 def _wandb_credentials() -> bool:
@@ -57,7 +58,7 @@ def wandb_run_id(run: RunDir) -> str:
     from wandb.sdk.lib.runid import generate_id
 
     run_id = generate_id()
-    path.write_text(run_id + "\n")
+    write_bytes(path, run_id + "\n")
     return run_id
 
 
@@ -224,13 +225,21 @@ class Tracker:
         for key, value in final.items():
             self.wandb_run.summary[key] = value
 
-    def finish(self, exit_code: int = 0) -> None:
-        """End the W&B run (marked failed with a non-zero exit code) and say where an offline one is."""
+    def finish(self, exit_code: int = 0, interrupted: bool = False) -> None:
+        """End the W&B run (marked failed with a non-zero exit code) and say where an offline one is.
+
+        interrupted: a signal stopped the run (exit code 130 or 143): the run's summary gets `interrupted: true`
+        and W&B is told the run is preempted (`mark_preempting`), so the resume that follows continues it."""
+        if self.wandb_run is not None and interrupted:
+            self.wandb_run.summary["interrupted"] = True
+            self.wandb_run.summary["exit_code"] = exit_code
+            self.wandb_run.mark_preempting()
         if self.wandb_run is not None and exit_code:
             self.wandb_run.finish(exit_code=exit_code)
             self.wandb_run = None
         if self.wandb_run is not None and os.environ.get("WANDB_MODE") == "offline":
             self.say(f"W&B run saved offline in {self.wandb_run.dir.rsplit('/files', 1)[0]}; "
                      f"upload it with `wandb sync {self.wandb_run.dir.rsplit('/files', 1)[0]}`")
-        self.accelerator.wait_for_everyone()
+        if not exit_code:  # a stopped run's peers may be gone: no barrier
+            self.accelerator.wait_for_everyone()
         self.accelerator.end_training()

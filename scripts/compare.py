@@ -39,6 +39,7 @@ from greedy.compare import Group, RunSpec  # noqa: E402
 from greedy.config import RESUME_MUTABLE, Config, build_config, config_arguments, load_yaml, make_parser  # noqa: E402
 from greedy.config import overrides_from_args as config_overrides  # noqa: E402
 from greedy.errors import UsageError, run_cli  # noqa: E402
+from greedy.files import write_bytes  # noqa: E402
 
 # Keys the comparison sets for each run: not overridable after `--`.
 OWNED = {"mode": "--modes", "k": "--k", "seed": "--seeds", "name": "--experiment", "out_dir": "--out-dir",
@@ -259,7 +260,7 @@ def write_if_changed(path: Path, data: str | bytes) -> None:
     """Write a report file only when its content changed (a rerun that trains nothing changes nothing)."""
     data = data.encode() if isinstance(data, str) else data
     if not path.exists() or path.read_bytes() != data:
-        path.write_bytes(data)
+        write_bytes(path, data)
 
 
 def report_markdown(plan: Plan, groups: list[Group], rows: list[dict[str, Any]], command: str) -> str:

@@ -62,15 +62,16 @@ def start_train(*args: str, env: dict | None = None) -> subprocess.Popen:
                             stderr=subprocess.PIPE, env=full_env)
 
 
-def kill_during_stage2(proc: subprocess.Popen, run: Path, min_epoch: int = 2, timeout: float = 120.0) -> None:
-    """SIGKILL the run once metrics.jsonl shows stage 2 at epoch >= min_epoch."""
+def kill_during_stage2(proc: subprocess.Popen, run: Path, min_epoch: int = 2, timeout: float = 120.0,
+                       sig: int = signal.SIGKILL) -> None:
+    """Send `sig` (SIGKILL) to the run once metrics.jsonl shows stage 2 at epoch >= min_epoch; wait for its end."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         metrics = run / "metrics.jsonl"
         lines = metrics.read_text().splitlines() if metrics.exists() else []
         if any(json.loads(r)["stage"] == 2 and json.loads(r)["epoch"] >= min_epoch for r in lines if r.strip()):
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            proc.send_signal(sig)
+            proc.wait(timeout=timeout)
             return
         time.sleep(0.01)
     raise AssertionError(f"run ended or hung before stage 2 (rc={proc.poll()}): {proc.stderr.read().decode()}")

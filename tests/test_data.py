@@ -253,6 +253,51 @@ def test_cifar_corrupt_batch(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_cifar_label_out_of_range_names_the_file_the_record_and_the_value(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    write_pickle(batch, keyed(True, batch_label=b"training batch 3 of 5", labels=[6, 7, 10, 11], data=cifar_rows(4, 30),
+                              filenames=[b"x"] * 4))
+    with pytest.raises(UsageError) as info:
+        create_datasets("cifar10", tmp_path)
+    assert str(info.value) == (f"{batch}: label 10 at record 2 is outside 0..9 (CIFAR-10 has 10 classes); replace the "
+                               "file with the original")
+
+
+def test_cifar100_fine_label_out_of_range_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-100-python"
+    write_pickle(folder / "train", keyed(True, fine_labels=[0, 99], coarse_labels=[0, 19], data=cifar_rows(2, 0)))
+    write_pickle(folder / "test", keyed(True, fine_labels=[100], coarse_labels=[1], data=cifar_rows(1, 5)))
+    with pytest.raises(UsageError) as info:
+        create_datasets("cifar100", tmp_path)
+    assert str(info.value).startswith(f"{folder / 'test'}: label 100 at record 0 is outside 0..99 (CIFAR-100 has 100 "
+                                      "classes)")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_fashion_mnist_label_out_of_range_names_the_file_the_record_and_the_value(tmp_path: Path, gz: bool) -> None:
+    arrays = fashion_arrays()
+    arrays["t10k-labels-idx1-ubyte"] = np.array([5, 6, 12, 8], dtype=np.uint8)
+    write_fashion(tmp_path, arrays, gz=gz)
+    path = tmp_path / ("t10k-labels-idx1-ubyte.gz" if gz else "t10k-labels-idx1-ubyte")
+    with pytest.raises(UsageError) as info:
+        create_datasets("fashion_mnist", tmp_path)
+    assert str(info.value) == (f"{path}: label 12 at record 2 is outside 0..9 (Fashion-MNIST has 10 classes); replace "
+                               "the file with the original")
+
+
+def test_a_corrupt_label_file_stops_train_py_in_one_line_exit_2(tmp_path: Path) -> None:
+    arrays = fashion_arrays()
+    arrays["train-labels-idx1-ubyte"] = np.array([0, 1, 2, 3, 200, 9], dtype=np.uint8)
+    write_fashion(tmp_path / "data", arrays, gz=True)
+    proc = cli("train.py", "-c", "configs/fashion_mnist_k2.yaml", "--data-dir", str(tmp_path / "data"), "--out-dir",
+               str(tmp_path / "runs"), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: {tmp_path / 'data' / 'train-labels-idx1-ubyte.gz'}: label 200 at record 4 is "
+                           "outside 0..9 (Fashion-MNIST has 10 classes); replace the file with the original\n")
+    assert not (tmp_path / "runs").exists()  # refused before the run directory is made
+
+
 class _Payload:
     """Unpickling this runs `touch marker` through os.system, as a crafted CIFAR batch would."""
 

@@ -114,6 +114,27 @@ def test_a_killed_process_stops_the_other_and_resume_is_bit_identical(runs, tmp_
 
 
 @pytest.mark.training
+def test_sigterm_to_every_process_stops_the_pipeline_in_one_line_and_resume_is_bit_identical(runs, tmp_path):
+    """SIGTERM to both processes, as a launcher or Slurm sends it: both exit 143, one line (rank 0's)."""
+    procs = launch(2, *TINY, "--pipeline", "2", "--out-dir", str(tmp_path), "--name", "stopped",
+                   logs=tmp_path / "logs")
+    run, deadline = tmp_path / "stopped", time.time() + 120
+    while not (run / "state-s2-e0" / "COMPLETE").exists():
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.01)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    assert [proc.wait(120) for proc in procs] == [143, 143]
+    lines = [line for rank in (0, 1) for line in (tmp_path / "logs" / f"rank{rank}.log").read_text().splitlines()
+             if line.startswith(("interrupted", "error", "Traceback"))]
+    assert len(lines) == 1 and lines[0].startswith("interrupted in decoupled training, epoch "), lines
+    assert lines[0].endswith(f"the last complete epoch is saved: python train.py --resume {run}")
+    finish(launch(2, "--resume", str(run), logs=tmp_path / "resume"), tmp_path / "resume")
+    assert same_weights(run, runs / "pipe")
+    assert metrics(run) == metrics(runs / "pipe")
+
+
+@pytest.mark.training
 def test_two_groups_of_two_replicas_keep_each_groups_replicas_equal(tmp_path):
     args = ["-c", "configs/digits_k2.yaml", "--widths", "8,8", "--downsample", "2", "--epochs", "2",
             "--batch-size", "32", "--no-progress", "--mode", "decoupled", "--pipeline", "2"]

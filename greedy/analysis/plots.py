@@ -17,6 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from PIL import Image
 
+from greedy.files import atomic_write
+
 COLORS = ("C0", "C3", "C2", "C1")
 DPI = 110
 Run = dict[str, Any]  # one entry of analysis["runs"]: label, results, ...
@@ -27,7 +29,8 @@ def _save(fig: Figure, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, dpi=DPI, format="png", facecolor="white")
     buf.seek(0)
-    Image.open(buf).convert("RGB").quantize(colors=256).save(path, optimize=True)
+    image = Image.open(buf).convert("RGB").quantize(colors=256)
+    atomic_write(path, lambda p: image.save(p, format="PNG", optimize=True))
 
 
 def _num(value: Any) -> float:

@@ -31,6 +31,7 @@ from greedy.checkpoint import RunDir
 from greedy.config import Config
 from greedy.data import DataBundle
 from greedy.errors import UsageError
+from greedy.files import write_bytes
 from greedy.models import GreedyNet, create_greedy_net
 
 ANALYSIS_FILE = "analysis.json"
@@ -283,9 +284,7 @@ def json_safe(obj: Any) -> Any:
 def write_outputs(run: RunDir, analysis: dict[str, Any]) -> tuple[Path, list[Path]]:
     """Write analysis.json (atomically) and the PNGs into the run directory; nothing else is touched."""
     path = run.path / ANALYSIS_FILE
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(analysis, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_bytes(path, json.dumps(analysis, indent=1, allow_nan=False) + "\n")
     return path, make_plots(analysis, run.path / PLOT_DIR)
 
 
