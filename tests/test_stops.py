@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ import train
 from greedy import checkpoint
 from greedy.errors import WRITE_EXIT, exit_code
 from greedy.tracking import wandb_log_records
-from tests.helpers import ROOT, TINY, cli, kill_during_stage2, load_script, start_train, user_env
+from tests.helpers import ROOT, TINY, cli, kill_during_stage2, load_script, start_train, tree_digest, user_env
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ENV = {"OMP_NUM_THREADS": "1"}  # subprocesses: the same kernels and threads as this process, so runs compare
@@ -268,3 +269,24 @@ def test_a_failed_table_write_of_compare_ends_in_one_line(tmp_path, monkeypatch,
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: could not write {tmp_path}/t/comparison.") and "Read-only file system" in line
     assert not list((tmp_path / "t").glob("comparison.*")) and not list((tmp_path / "t").glob(".*.tmp*"))
+
+
+def test_a_failed_analysis_write_ends_in_one_line_and_keeps_the_run(reference, tmp_path, monkeypatch, capsys):
+    """evaluate.py --analysis writes analysis.json through the atomic writer: one line, exit 5, the run untouched."""
+    import evaluate
+    from greedy import files
+
+    run = tmp_path / "run"
+    shutil.copytree(reference / "ref", run)
+    before = tree_digest(run)
+    real = files.atomic_write
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(files, "atomic_write", lambda path, write: real(path, full if path.suffix == ".json" else
+                                                                           write))
+    assert exit_code(evaluate.main, [str(run), "--analysis", "linear", "--analysis-samples", "100"]) == WRITE_EXIT
+    line = capsys.readouterr().err
+    assert line == (f"error: could not write {run}/analysis.json: No space left on device; free space and run the "
+                    "command again\n")
+    assert tree_digest(run) == before  # no analysis.json, no partial file, nothing else touched
