@@ -49,6 +49,7 @@ from greedy.errors import (
     WriteFailed,
     run_cli,
 )
+from greedy.files import os_reason
 from greedy.models import check_shapes, create_greedy_net
 from greedy.pipeline import Pipeline
 from greedy.summary import describe_model, format_table, result_rows
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a write outside greedy.files (a library's own file): the same one line
         if err.errno not in WRITE_ERRNOS:
             raise
-        failed = WriteFailed(err.filename or run.path, err.errno, err.strerror or os.strerror(err.errno))
+        failed = WriteFailed(err.filename or run.path, *os_reason(err))
         stopped(failed, builder, run, tracker)
         raise failed from None
     return 0

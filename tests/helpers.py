@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -88,3 +89,19 @@ def assert_first_module_frozen(run: Path) -> None:
     assert {k for k in final if k.startswith("blocks.0.")} == set(first)
     for key, value in first.items():
         assert torch.equal(final[key], value), key
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for MASTER_PORT of a process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two run directories' final models hold exactly the same tensors under the same names."""
+    import torch
+    from safetensors.torch import load_file
+
+    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)

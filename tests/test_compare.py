@@ -173,6 +173,9 @@ def test_wandb_summary_run_is_in_the_experiment_group(script, experiment, monkey
     rows = list(csv.DictReader((plan.folder / "comparison.csv").open()))
     script.log_to_wandb(plan, rows)
     assert os.environ["WANDB_MODE"] == "offline"
+    import wandb
+
+    wandb.teardown()  # a W&B service that an earlier in-process test started may still be writing the run's log
     run, history = read_offline_run(plan.folder)
     assert run.run_group == "tiny" and run.job_type == "compare" and run.display_name == "tiny-compare"
     [logged] = history

@@ -3,7 +3,6 @@ WORLD_SIZE, MASTER_ADDR/PORT in the environment, gloo on CPU), one thread each."
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,26 +11,19 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import train
 from greedy.config import build_config, load_yaml
 from greedy.errors import PipelineLost, UsageError
 from greedy.models import check_shapes
 from greedy.pipeline import Pipeline, Placement, balanced_split
-from tests.helpers import ROOT, user_env
+from tests.helpers import ROOT, free_port, same_weights, user_env
 
 TINY = ["-c", "configs/digits_k2.yaml", "--widths", "16,16,32", "--downsample", "3", "--epochs", "3",
         "--batch-size", "64", "--no-progress", "--mode", "decoupled"]
 TIMING = {"time", "step_time"}  # the only fields of a metrics record allowed to differ
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(n: int, *args: str, logs: Path) -> list[subprocess.Popen]:
@@ -56,11 +48,6 @@ def finish(procs: list[subprocess.Popen], logs: Path, timeout: float = 120) -> N
 def metrics(run: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
 @pytest.fixture(scope="module")

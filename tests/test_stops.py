@@ -6,21 +6,29 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import accelerate
 import pytest
-import torch
-from safetensors.torch import load_file
 
 import train
 from greedy import checkpoint
 from greedy.errors import WRITE_EXIT, exit_code
 from greedy.tracking import wandb_log_records
-from tests.helpers import ROOT, TINY, cli, kill_during_stage2, load_script, start_train, tree_digest, user_env
+from tests.helpers import (
+    ROOT,
+    TINY,
+    cli,
+    free_port,
+    kill_during_stage2,
+    load_script,
+    same_weights,
+    start_train,
+    tree_digest,
+    user_env,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ENV = {"OMP_NUM_THREADS": "1"}  # subprocesses: the same kernels and threads as this process, so runs compare
@@ -35,17 +43,16 @@ def reference(tmp_path_factory):
     return out
 
 
-def same_as(run, ref) -> bool:
-    a, b = load_file(run / "model.safetensors"), load_file(ref / "model.safetensors")
-    same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    records = [{k: v for k, v in json.loads(line).items() if k not in ("time", "step_time")}
-               for r in (run, ref) for line in [(r / "metrics.jsonl").read_text()]]
-    return same and records[0] == records[1]
-
-
 def metrics_without_time(run):
     return [{k: v for k, v in json.loads(line).items() if k not in ("time", "step_time", "cache_time")}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def ends_like(run, ref) -> None:
+    """A stopped and resumed run ends bit-identical to the uninterrupted one: the same weights, every metrics
+    record the same but for its timings."""
+    assert same_weights(run, ref)
+    assert metrics_without_time(run) == metrics_without_time(ref)
 
 
 def fail_at(monkeypatch, module, name, call, err):
@@ -137,10 +144,7 @@ def test_a_failed_write_ends_in_one_line_and_resume_ends_bit_identical(reference
         assert (run / "metrics.jsonl").read_text().endswith("}\n")  # the half line was cut off again
     monkeypatch.undo()
     assert train.main(["--resume", str(run)]) == 0
-    ref = reference / "ref"
-    a, b = load_file(run / "model.safetensors"), load_file(ref / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert metrics_without_time(run) == metrics_without_time(ref)
+    ends_like(run, reference / "ref")
 
 
 def test_a_real_file_size_limit_ends_in_one_line_and_resume_ends_bit_identical(reference, tmp_path):
@@ -155,10 +159,7 @@ def test_a_real_file_size_limit_ends_in_one_line_and_resume_ends_bit_identical(r
                            f"--resume {run}\n")
     assert not [p.name for p in run.iterdir() if p.name.startswith((".tmp", "state-"))]  # no partial state left
     cli("train.py", "--resume", str(run), env=ENV)
-    ref = reference / "ref_cli"
-    a, b = load_file(run / "model.safetensors"), load_file(ref / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert metrics_without_time(run) == metrics_without_time(ref)
+    ends_like(run, reference / "ref_cli")
 
 
 def test_a_failed_config_write_leaves_no_run_directory(tmp_path, monkeypatch, capsys):
@@ -185,10 +186,7 @@ def test_a_signal_ends_in_one_line_and_resume_ends_bit_identical(reference, tmp_
                "summary" for i in r.summary.update}
     assert summary["interrupted"] is True and summary["exit_code"] == code
     cli("train.py", "--resume", str(run), env={**ENV, **wandb})
-    ref = reference / "ref_cli"
-    a, b = load_file(run / "model.safetensors"), load_file(ref / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert metrics_without_time(run) == metrics_without_time(ref)
+    ends_like(run, reference / "ref_cli")
 
 
 def fake_slurm(bin_dir: Path) -> Path:
@@ -229,12 +227,6 @@ def test_slurm_time_limit_stops_every_process_in_one_line_requeues_and_resumes(t
     records = [(r["stage"], r["epoch"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
     assert records == [(s, e) for s in (1, 2, 3) for e in (1, 2, 3, 4)]  # every epoch once: none lost, none twice
     assert json.loads((run / "summary.json").read_text())["num_processes"] == 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_full_disk_for_the_memory_mapped_cache_ends_in_one_line(tmp_path, monkeypatch, capsys):
