@@ -24,7 +24,7 @@ from greedy.analysis.report import (
 )
 from greedy.checkpoint import RunDir, load_into, load_safetensors
 from greedy.config import build_config, make_parser
-from greedy.data import create_datasets, create_loaders
+from greedy.datasets import create_datasets, create_loaders
 from greedy.errors import UsageError, run_cli
 from greedy.models import create_greedy_net
 from greedy.summary import format_table, result_rows

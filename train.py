@@ -21,16 +21,8 @@ from greedy.analysis.during import TrainingProbes
 from greedy.builder import GreedyBuilder, Stage
 from greedy.cache import FeatureCache, cache_enabled
 from greedy.checkpoint import SKIPPED_IMAGES, RunDir, load_into, load_safetensors, state_digest
-from greedy.config import (
-    RESUME_MUTABLE,
-    Config,
-    build_config,
-    config_arguments,
-    load_yaml,
-    make_parser,
-    overrides_from_args,
-)
-from greedy.data import (
+from greedy.config import build_config, config_arguments, load_yaml, make_parser, overrides_from_args
+from greedy.datasets import (
     DataBundle,
     create_datasets,
     create_loaders,
@@ -52,6 +44,7 @@ from greedy.errors import (
 from greedy.files import os_reason
 from greedy.models import check_shapes, create_greedy_net
 from greedy.pipeline import Pipeline
+from greedy.schema import RESUME_MUTABLE, Config
 from greedy.summary import describe_model, format_table, result_rows
 from greedy.tracking import Tracker
 from greedy.trainer import evaluate_heads, make_accelerator, train_stage

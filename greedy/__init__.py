@@ -1,4 +1,9 @@
-"""greedy: greedy layerwise training of CNNs with auxiliary problems."""
+"""greedy: greedy layerwise training of CNNs with auxiliary problems.
+
+`import greedy` (which any `import greedy.x` runs first) loads every module that registers a choice of a config key
+(greedy/registry.py), as `import timm` loads every model: the config schema checks names against complete registries
+without importing an implementation itself.
+"""
 
 import sys
 
@@ -18,3 +23,8 @@ def _import_timm_without_wandb() -> None:
 
 
 _import_timm_without_wandb()
+
+
+# the implementations that fill greedy.registry (after timm, which must load without wandb)
+import greedy.analysis.during  # noqa: E402, F401  probe families during training: PROBES
+import greedy.models.heads  # noqa: E402, F401  auxiliary nets: HEADS

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from greedy.config import Config
-from greedy.data import DataBundle, device_loader
-from greedy.device_loader import DeviceLoader
+from greedy.datasets import DataBundle, device_loader
+from greedy.datasets.device import DeviceLoader
 from greedy.errors import UsageError
 from greedy.files import preallocate, writing
+from greedy.schema import Config
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

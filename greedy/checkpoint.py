@@ -19,9 +19,10 @@ from accelerate.utils import load as accelerate_load  # torch.load with weights_
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from greedy.config import Config, build_config, load_yaml, save_config
+from greedy.config import build_config, load_yaml, save_config
 from greedy.errors import TrainingDiverged, UsageError
 from greedy.files import append_text, atomic_write, share_like_umask, writing
+from greedy.schema import Config
 
 STATE_DIR = re.compile(r"^state-s(\d+)-e(\d+)$")
 SKIPPED_IMAGES = "skipped_images.txt"  # unreadable images skipped so far, one path a line (image folders)

@@ -26,11 +26,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from greedy.builder import GreedyBuilder
 from greedy.cache import autocast_dtype, cache_enabled
 from greedy.checkpoint import RunDir
-from greedy.config import MODES, Config
-from greedy.data import create_datasets, dataset_info
+from greedy.datasets import create_datasets, dataset_info
 from greedy.errors import UsageError
 from greedy.models import GreedyNet, create_greedy_net
 from greedy.profiling import saved_tensor_bytes
+from greedy.schema import MODES, Config
 
 BUDGETS = ("per_stage", "total")
 # Training-set sizes, for when the data is not on this machine (--plan): digits is the fixed seeded split.

@@ -1,156 +1,24 @@
-"""The one config schema: YAML file + flat command-line overrides + validation."""
+"""The one config loader: YAML file + flat command-line overrides + validation, for the schema of greedy/schema.py."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import math
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+from timm.optim import list_optimizers
 
-from greedy.data import AUGMENTATIONS, DATASETS
 from greedy.errors import UsageError
+from greedy.optim import make_optimizer, make_scheduler
+from greedy.registry import DATASETS, PROBES
+from greedy.schema import FIELDS, GROUPS, Config, choices
 
-MODES = ("greedy", "e2e", "decoupled")
-DOWNSAMPLE_MODES = ("space_to_depth", "maxpool")
-ARCHS = ("plain", "resnet", "timm")
-RESIDUAL_BLOCKS = ("basic", "bottleneck")
-SHORTCUTS = ("A", "B")
-MIXED_PRECISION = ("no", "bf16", "fp16")
-TRACKERS = ("none", "wandb")
-CACHE_MODES = ("auto", "on", "off")
-DEVICE_DATA_MODES = ("auto", "on", "off")
-CACHE_DTYPES = ("auto", "fp32", "fp16", "bf16")
-# Keys that may differ on --resume: they change how a run executes, not what it computes.
-RESUME_MUTABLE = ("no_progress", "num_workers", "pin_memory", "persistent_workers", "data_dir", "cache_budget_gb",
-                  "cache_device_gb", "log_every", "strict_data", "finite_check_every", "pipeline_timeout")
-# Datasets whose files must exist on disk unless `download` is set.
-DISK_DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
-# timm schedulers whose learning rate is a function of the epoch alone ('plateau' needs a metric, 'none' no LR)
-SCHEDULERS = ("step", "multistep", "cosine", "tanh", "poly", "constant", "wsd", "rsqrt")
-
-
-@dataclass
-class Config:
-    """Every knob of a run. Keys are flat so that each one is also a `--key value` flag."""
-
-    # run
-    name: str | None = None  # run directory name under out_dir; default: <config>-<mode>-<time>
-    out_dir: str = "runs"
-    mode: str = "greedy"  # greedy | e2e | decoupled
-    seed: int = 0
-    experiment: str | None = None  # W&B group shared by the runs of one comparison
-    tracker: str = "none"  # none | wandb
-    log_every: int = 50  # steps between per-step W&B logs (each costs a device sync); epochs are always logged
-    wandb_project: str = "greedy"
-    no_progress: bool = False
-
-    # data
-    dataset: str = "digits"
-    data_dir: str = "data"
-    download: bool = False
-    img_size: int | None = None  # None: the dataset's native size
-    num_classes: int | None = None  # None: the dataset's
-    augment: str = "none"  # none | crop_flip | imagenet
-    device_data: str = "auto"  # in-memory datasets held on the accelerator, batches augmented there: auto (= on for
-    # every dataset but imagenet) | on | off (a DataLoader with per-image transforms, as before)
-    num_workers: int | None = None  # DataLoader workers per process; None: imagenet one per CPU core (at most 8)
-    # shared among the node's processes, in-memory datasets 0 (workers only slow a tensor dataset down)
-    pin_memory: bool = True  # page-locked batches and non-blocking copies (only with a GPU)
-    persistent_workers: bool = True  # keep loader workers alive across the epochs of a stage (num_workers > 0)
-    strict_data: bool = False  # an unreadable image stops the run (exit 2) instead of being skipped and reported
-
-    # architecture (data, not code: every shipped model is one of these)
-    arch: str = "plain"  # plain (conv blocks, Belilovsky et al. 2019) | resnet (CIFAR ResNet, He et al. 2016) | timm
-    model: str | None = None  # arch timm: a timm CNN's name (resnet50, convnext_atto, ...), cut into local modules
-    pretrained: bool = False  # arch timm: start from timm's pretrained weights (fetched from the Hugging Face hub)
-    block: str = "basic"  # resnet's residual block: basic (two 3x3) | bottleneck (1x1, 3x3, 1x1 x4 channels)
-    shortcut: str = "A"  # resnet's shortcut where the shape changes: A (subsample, zero channels) | B (1x1 conv + BN)
-    depths: list[int] = field(default_factory=list)  # resnet: residual blocks per stage ([5,5,5]: ResNet-32)
-    stem_width: int | None = None  # resnet: width of the stem conv3x3; None: widths[0]
-    num_modules: int | None = None  # local modules (blocks) the units are cut into, equal in FLOPs; None: 1 per unit
-    split_points: list[int] = field(default_factory=list)  # explicit cut: 0-based units that start a local module
-    input_downsample: bool = False  # space-to-depth the input once (ImageNet: 3x224x224 -> 12x112x112)
-    widths: list[int] = field(default_factory=lambda: [64, 64, 128])  # plain: one per conv block; resnet: per stage
-    downsample: list[int] = field(default_factory=list)  # 1-based blocks preceded by 2x downsampling
-    downsample_mode: str = "space_to_depth"  # space_to_depth (invertible) | maxpool (VGG)
-    batchnorm: bool = True  # plain conv blocks and auxiliary nets (ResNet blocks always have BatchNorm)
-    k: int = 2  # hidden layers of each auxiliary problem, counting the block itself
-    aux_width: int | None = None  # width of the auxiliary convs; None: the block's width
-    pool_size: int = 2  # auxiliary heads average-pool to pool_size x pool_size
-    aux: str = "cnn"  # auxiliary net: cnn (k; the paper's) | mlp | mlp_sr (DGL's) | linear | vgg (models/heads.py)
-    final_head: str = "auxiliary"  # last block's head: auxiliary (the aux kind) | linear (ResNet's) | vgg | any aux
-    # | timm (arch timm: the timm model's own classifier, so that the assembled net is exactly the timm model)
-
-    # optimisation, per stage (greedy) or for the whole net (e2e)
-    epochs: int = 10
-    e2e_epochs: int | None = None  # None: same as epochs (per stage)
-    batch_size: int = 128
-    eval_batch_size: int | None = None
-    opt: str = "momentum"  # any timm optimizer name; 'momentum' is SGD without Nesterov, as the paper
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    sched: str = "step"  # any timm scheduler name
-    decay_epochs: float = 15
-    decay_rate: float = 0.2
-    warmup_epochs: int = 0
-
-    # execution
-    mixed_precision: str = "no"  # no | bf16 | fp16
-    grad_accum: int = 1
-    channels_last: bool = False
-    compile: bool = False
-    cache: str = "auto"  # frozen-prefix feature cache: auto (when the train transform is deterministic) | on | off
-    cache_budget_gb: float = 4.0  # RAM for cached features; beyond it they go to a memory-mapped file
-    cache_device_gb: float = 4.0  # with device_data, GPU memory for cached features; beyond it they stay in RAM
-    cache_dtype: str = "auto"  # auto (what the block computes in: mixed_precision's, else fp32) | fp32 | fp16 | bf16
-    finite_check_every: int = 1  # steps between checks that the loss is finite (each costs a device sync)
-    # pipelined decoupled training (greedy/pipeline.py): the blocks split into `pipeline` contiguous groups, one per
-    # process (processes = pipeline x replicas); 1: every process holds every block
-    pipeline: int = 1
-    pipeline_split: list[int] = field(default_factory=list)  # blocks per group (sums to the blocks); []: balanced
-    pipeline_timeout: float = 300.0  # seconds a process waits for a peer before it reports it lost
-
-    # probes during training (greedy/analysis/during.py, docs/ANALYSIS.md): records of kind "probe" in metrics.jsonl
-    probe_every: int = 0  # epochs between probes of the block(s) being trained (and each stage's last epoch); 0: off
-    probes: list[str] = field(default_factory=lambda: ["linear", "clustering", "information"])  # layer families
-    probe_samples: int = 500  # seeded test subset probed, and a same-size train subset the linear probe is fit on
-
-    @property
-    def num_units(self) -> int:
-        """Units of the chain: a plain net's conv blocks, or a ResNet's stem and residual blocks (arch timm: not
-        known before the model is built; validate() requires num_modules or split_points there)."""
-        if self.arch == "timm":
-            return self.num_modules or len(self.split_points) + 1
-        return 1 + sum(self.depths) if self.arch == "resnet" else len(self.widths)
-
-    @property
-    def num_blocks(self) -> int:
-        """Local modules (blocks) the units are cut into: the stages of a greedy run."""
-        return len(self.split_points) + 1 if self.split_points else (self.num_modules or self.num_units)
-
-    @property
-    def train_epochs(self) -> int:
-        """Epochs each trained part runs: e2e reads e2e_epochs (default: epochs), greedy and decoupled epochs."""
-        return (self.e2e_epochs or self.epochs) if self.mode == "e2e" else self.epochs
-
-    @property
-    def on_device(self) -> bool:
-        """Whether the data set is held on the accelerator (device_data on, or auto with an in-memory dataset)."""
-        return self.device_data == "on" or (self.device_data == "auto" and self.dataset != "imagenet")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _TYPES = typing.get_type_hints(Config)
 
 
@@ -330,23 +198,10 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     message), names, the architecture's consistency, the optimizer and scheduler (built once by timm on a dummy
     parameter), and, with `check_data`, that the data directory exists. Raises UsageError (one line).
     """
-    _choice("mode", cfg.mode, MODES)
-    _choice("tracker", cfg.tracker, TRACKERS)
-    _choice("dataset", cfg.dataset, DATASETS)
-    _choice("augment", cfg.augment, AUGMENTATIONS)
-    _choice("downsample_mode", cfg.downsample_mode, DOWNSAMPLE_MODES)
-    from greedy.models.heads import HEADS  # here: the models import this module
-
-    _choice("arch", cfg.arch, ARCHS)
-    _choice("block", cfg.block, RESIDUAL_BLOCKS)
-    _choice("shortcut", cfg.shortcut, SHORTCUTS)
-    _choice("aux", cfg.aux, tuple(HEADS))
-    _choice("final_head", cfg.final_head, ("auxiliary", *HEADS, "timm"))
-    _choice("mixed_precision", cfg.mixed_precision, MIXED_PRECISION)
-    _choice("cache", cfg.cache, CACHE_MODES)
-    _choice("device_data", cfg.device_data, DEVICE_DATA_MODES)
-    _choice("cache_dtype", cfg.cache_dtype, CACHE_DTYPES)
-    _choice("sched", cfg.sched, SCHEDULERS)
+    for key in FIELDS:
+        allowed = choices(key)
+        if allowed is not None and typing.get_origin(_TYPES[key]) is not list:  # probes: _check_probes
+            _choice(key, getattr(cfg, key), allowed)
     for key, (low, high, open_low, open_high) in RANGES.items():
         _range(key, getattr(cfg, key), low, high, open_low=open_low, open_high=open_high)
     _check_name("name", cfg.name, "run directory name")
@@ -388,10 +243,10 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     _check_optimizer(cfg)
     _check_pipeline(cfg)
     _check_probes(cfg)
-    if check_data and cfg.dataset in DISK_DATASETS and not cfg.download and not Path(cfg.data_dir).is_dir():
+    if check_data and DATASETS[cfg.dataset].files and not cfg.download and not Path(cfg.data_dir).is_dir():
         raise UsageError(
             f"data directory {cfg.data_dir} for dataset '{cfg.dataset}' does not exist; "
-            "pass --data-dir PATH (or --download true for cifar10/cifar100/fashion_mnist)"
+            f"pass --data-dir PATH (or --download true for {'/'.join(n for n in DATASETS if DATASETS[n].download)})"
         )
 
 
@@ -442,14 +297,10 @@ def _check_timm(cfg: Config) -> None:
 def _check_probes(cfg: Config) -> None:
     """Every name in `probes` is a probe family that can run during training (did-you-mean otherwise), and
     probing is asked for with at least one."""
-    from greedy.analysis.during import PROBES  # here: the analysis imports the models, which import this module
-
     for name in cfg.probes:
         if name not in PROBES:
-            close = difflib.get_close_matches(name, PROBES, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise UsageError(f"config key 'probes': {name!r} is not a probe during training; {hint}choose from "
-                             f"{', '.join(PROBES)}")
+            raise UsageError(f"config key 'probes': {name!r} is not a probe during training; "
+                             f"{PROBES.suggest(name)}choose from {', '.join(PROBES)}")
     if cfg.probe_every and not cfg.probes:
         raise UsageError(f"config key 'probes': empty while probe_every is {cfg.probe_every}; name at least one "
                          f"({', '.join(PROBES)}) or pass --probe-every 0")
@@ -462,11 +313,6 @@ def _check_probes(cfg: Config) -> None:
 def _check_optimizer(cfg: Config) -> None:
     """Build the optimizer and scheduler once, with the trainer's own factories, on a dummy layer: timm's own
     checks, before any work."""
-    import torch
-    from timm.optim import list_optimizers
-
-    from greedy.trainer import make_optimizer, make_scheduler  # here: the trainer imports this module
-
     if cfg.opt.lower() not in list_optimizers():
         close = difflib.get_close_matches(cfg.opt.lower(), list_optimizers(), n=1)
         hint = f"did you mean '{close[0]}'?" if close else "see timm.optim.list_optimizers()"
@@ -492,17 +338,45 @@ class _OneLineParser(argparse.ArgumentParser):
         raise UsageError(f"{message}{hint}; see `{self.prog} --help`")
 
 
+def _metavar(key: str) -> str:
+    """What a flag's value looks like: its choices ({a,b}), or its type (N, X, NAME, N,N,..., true|false)."""
+    allowed = choices(key)
+    tp, _ = _base_type(_TYPES[key])
+    if allowed is not None:
+        return "{" + ",".join(allowed) + "}" + (",..." if typing.get_origin(tp) is list else "")
+    if tp is bool:
+        return "true|false"
+    if typing.get_origin(tp) is list:
+        return "N,N,..." if typing.get_args(tp) == (int,) else "NAME,..."
+    return {int: "N", float: "X"}.get(tp, "NAME")
+
+
+def _help(key: str) -> str:
+    """The key's line of `--help`: its meaning from the schema and its default."""
+    default = Config().to_dict()[key]
+    if isinstance(default, list):
+        shown = ",".join(map(str, default)) or "empty"
+    else:
+        shown = str(default).lower() if default is None or isinstance(default, bool) else str(default)
+    return f"{FIELDS[key].metadata['help']} (default: {shown})".replace("%", "%%")
+
+
 def config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one `--key value` flag per config key (defaults None: only what is given overrides)."""
-    group = parser.add_argument_group("config keys (override the YAML file)")
-    for name in FIELDS:
+    """Add one `--key value` flag per config key, grouped as the schema groups them, each with its meaning, its
+    default and its choices (defaults None here: only what is given overrides the YAML file)."""
+    usage = parser.format_usage().removeprefix("usage: ").strip()
+    parser.usage = f"{usage} [--KEY VALUE ...]"
+    groups = {title: parser.add_argument_group(f"{title} (config keys; flags override the YAML file)")
+              for title in GROUPS}
+    for name, f in FIELDS.items():
         tp, _ = _base_type(_TYPES[name])
-        kwargs: dict[str, Any] = {"default": None, "dest": name, "metavar": "V"}
+        kwargs: dict[str, Any] = {"default": None, "dest": name, "metavar": _metavar(name), "help": _help(name)}
         if tp is bool:  # `--wandb`-style bare flags mean true
             kwargs.update(nargs="?", const="true")
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
-        group.add_argument(*flags, **kwargs)
-    group.add_argument("--wandb", dest="tracker", action="store_const", const="wandb", help="same as --tracker wandb")
+        groups[f.metadata["group"]].add_argument(*flags, **kwargs)
+    groups["run"].add_argument("--wandb", dest="tracker", action="store_const", const="wandb",
+                               help="same as --tracker wandb")
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -37,15 +37,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from greedy.builder import Stage
 from greedy.checkpoint import RunDir, check_finite, state_digest
-from greedy.config import Config
-from greedy.data import DataBundle, TensorImageDataset, create_loaders, default_workers, device_loader
-from greedy.device_loader import DeviceLoader
+from greedy.datasets import DataBundle, TensorImageDataset, create_loaders, default_workers, device_loader
+from greedy.datasets.device import DeviceLoader
 from greedy.errors import PipelineLost, UsageError
 from greedy.files import writing
 from greedy.models import GreedyNet
-from greedy.models.greedy_net import _meta_call
+from greedy.models.tracing import meta_call
+from greedy.optim import make_optimizer, make_scheduler
+from greedy.schema import Config
 from greedy.tracking import Tracker
-from greedy.trainer import DivergenceCheck, _fit, accuracy_counts, as_input, make_optimizer, make_scheduler
+from greedy.trainer import DivergenceCheck, _fit, accuracy_counts, as_input
 
 IN_FLIGHT = 2  # batches a process receives ahead of, and sends behind, the one it computes
 COMMUNICATION_ERROR = re.compile(r"gloo|nccl|connection|timed out|timeout|peer|socket", re.IGNORECASE)
@@ -57,12 +58,12 @@ def block_costs(net: GreedyNet, in_chans: int, img_size: int) -> list[int]:
     A training step costs about 3x this (forward + backward); only the ratios are used."""
     x = torch.zeros(1, in_chans, img_size, img_size, device="meta")
     with FlopCounterMode(display=False) as counter:
-        x = _meta_call(net.stem, x)
+        x = meta_call(net.stem, x)
     costs, stem = [], counter.get_total_flops()
     for block, head in zip(net.blocks, net.heads, strict=True):
         with FlopCounterMode(display=False) as counter:
-            y = _meta_call(block, x)
-            _meta_call(head, y)
+            y = meta_call(block, x)
+            meta_call(head, y)
         costs.append(counter.get_total_flops())
         x = y
     costs[0] += stem

@@ -15,9 +15,9 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from greedy.checkpoint import RunDir, record_kind
-from greedy.config import Config
 from greedy.errors import UsageError
 from greedy.files import write_bytes
+from greedy.schema import Config
 
 
 def _wandb_credentials() -> bool:

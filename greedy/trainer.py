@@ -11,16 +11,15 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, broadcast, set_seed
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm import tqdm
 
 from greedy.builder import Stage
 from greedy.checkpoint import RunDir, check_finite
-from greedy.config import Config
 from greedy.errors import TrainingDiverged, UsageError
 from greedy.models import GreedyNet
+from greedy.optim import make_optimizer, make_scheduler
+from greedy.schema import Config
 from greedy.tracking import Tracker
 
 
@@ -227,17 +226,6 @@ def sync_buffers(models: list[nn.Module], accelerator: Accelerator) -> None:
     for model in models:
         for buf in accelerator.unwrap_model(model).buffers():
             buf.copy_(broadcast(buf.clone()))
-
-
-def make_optimizer(cfg: Config, model: nn.Module):
-    return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               momentum=cfg.momentum, filter_bias_and_bn=False)
-
-
-def make_scheduler(cfg: Config, optimizer, epochs: int):
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=epochs, decay_epochs=cfg.decay_epochs,
-                                       decay_rate=cfg.decay_rate, warmup_epochs=cfg.warmup_epochs)
-    return scheduler
 
 
 def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, run: RunDir, tracker: Tracker,

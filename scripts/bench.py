@@ -50,8 +50,8 @@ sys.path.insert(0, str(ROOT))
 from greedy.builder import GreedyBuilder  # noqa: E402
 from greedy.cache import autocast_dtype, cache_dtype  # noqa: E402
 from greedy.checkpoint import RunDir  # noqa: E402
-from greedy.config import Config, build_config, load_yaml  # noqa: E402
-from greedy.data import (  # noqa: E402
+from greedy.config import build_config, load_yaml  # noqa: E402
+from greedy.datasets import (  # noqa: E402
     DataBundle,
     Normalization,
     TensorImageDataset,
@@ -63,6 +63,7 @@ from greedy.data import (  # noqa: E402
 )
 from greedy.errors import UsageError  # noqa: E402
 from greedy.models import GreedyNet, create_greedy_net  # noqa: E402
+from greedy.optim import make_optimizer  # noqa: E402
 from greedy.profiling import (  # noqa: E402
     interleaved_times,
     median,
@@ -70,7 +71,8 @@ from greedy.profiling import (  # noqa: E402
     peak_cuda_bytes,
     saved_tensor_bytes,
 )
-from greedy.trainer import as_input, decoupled_step, make_optimizer, train_step  # noqa: E402
+from greedy.schema import Config  # noqa: E402
+from greedy.trainer import as_input, decoupled_step, train_step  # noqa: E402
 
 STAGE_VARIANTS = ("trainer", "bare", "graph_prefix", "cached", "alone")
 MiB = 2**20
@@ -315,7 +317,8 @@ def imagenet_decode(args: argparse.Namespace) -> dict:
     at about the cost of photos of that size (decode time grows with pixels and coefficients, both comparable)."""
     from PIL import Image
 
-    from greedy.data import CheckedImageFolder, _imagenet_train_transform
+    from greedy.datasets import CheckedImageFolder
+    from greedy.datasets.transforms import imagenet_train_transform
 
     gen = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -329,7 +332,7 @@ def imagenet_decode(args: argparse.Namespace) -> dict:
             path = folder / f"img_{i}.JPEG"
             Image.fromarray((big.permute(1, 2, 0) * 255).to(torch.uint8).numpy()).save(path, quality=90)
             nbytes += path.stat().st_size
-        dataset = CheckedImageFolder(Path(tmp) / "train", transform=_imagenet_train_transform(224))
+        dataset = CheckedImageFolder(Path(tmp) / "train", transform=imagenet_train_transform(224))
         rows = []
         for workers in (0, 1, 2):
             loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=workers, shuffle=True)

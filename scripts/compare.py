@@ -36,10 +36,11 @@ sys.path.insert(0, str(ROOT))
 from greedy import compare  # noqa: E402
 from greedy.checkpoint import RunDir  # noqa: E402
 from greedy.compare import Group, RunSpec  # noqa: E402
-from greedy.config import RESUME_MUTABLE, Config, build_config, config_arguments, load_yaml, make_parser  # noqa: E402
+from greedy.config import build_config, config_arguments, load_yaml, make_parser  # noqa: E402
 from greedy.config import overrides_from_args as config_overrides  # noqa: E402
 from greedy.errors import UsageError, run_cli  # noqa: E402
 from greedy.files import write_bytes  # noqa: E402
+from greedy.schema import RESUME_MUTABLE, Config  # noqa: E402
 
 # Keys the comparison sets for each run: not overridable after `--`.
 OWNED = {"mode": "--modes", "k": "--k", "seed": "--seeds", "name": "--experiment", "out_dir": "--out-dir",

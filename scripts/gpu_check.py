@@ -35,11 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from greedy.builder import GreedyBuilder, Stage  # noqa: E402
-from greedy.config import Config, build_config, load_yaml  # noqa: E402
-from greedy.data import DataBundle, Normalization, TensorImageDataset, create_loaders  # noqa: E402
+from greedy.config import build_config, load_yaml  # noqa: E402
+from greedy.datasets import DataBundle, Normalization, TensorImageDataset, create_loaders  # noqa: E402
 from greedy.errors import UsageError, run_cli  # noqa: E402
 from greedy.models import create_greedy_net  # noqa: E402
-from greedy.trainer import as_input, make_optimizer, stage_logits, train_step  # noqa: E402
+from greedy.optim import make_optimizer  # noqa: E402
+from greedy.schema import Config  # noqa: E402
+from greedy.trainer import as_input, stage_logits, train_step  # noqa: E402
 
 PAPER_TRAIN, PAPER_TEST = 50_000, 10_000  # CIFAR-10 images per epoch
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))

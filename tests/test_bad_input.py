@@ -11,8 +11,9 @@ import shutil
 import pytest
 
 import train
-from greedy.config import FIELDS, RANGES
+from greedy.config import RANGES
 from greedy.errors import exit_code
+from greedy.schema import FIELDS
 from tests.helpers import TINY, cli, tree_digest
 
 # Every config key gets at least one bad value here (test_every_key_has_a_bad_value checks that).

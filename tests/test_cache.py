@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader
 import train
 from greedy import trainer
 from greedy.cache import FeatureCache, cache_enabled
-from greedy.config import Config
-from greedy.data import create_datasets
+from greedy.datasets import create_datasets
 from greedy.models import GreedyNet
+from greedy.schema import Config
 from tests import helpers
 
 TINY = [*helpers.TINY, "--epochs", "2"]  # the later --epochs wins

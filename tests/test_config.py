@@ -40,3 +40,57 @@ def test_cli_values_are_coerced():
     assert coerce("decay_epochs", "7") == 7.0
     with pytest.raises(UsageError):
         coerce("epochs", "1.5")
+
+
+def test_help_documents_every_key():
+    """train.py --help: every config key under its group, with its meaning, its default and its choices."""
+    import re
+    import typing
+
+    from greedy.config import config_arguments, make_parser
+    from greedy.registry import HEADS, PROBES
+    from greedy.schema import FIELDS, GROUPS, choices
+
+    parser = make_parser("train.py", "test")
+    config_arguments(parser)
+    groups = {g.title.split(" (")[0]: g for g in parser._action_groups}
+    assert [title for title in groups if title in GROUPS] == list(GROUPS)
+    text = "".join(parser.format_help().split())  # argparse wraps lines (at spaces and hyphens): compare unspaced
+    for name, f in FIELDS.items():
+        flag = f"--{name.replace('_', '-')}"
+        [action] = [a for a in groups[f.metadata["group"]]._group_actions if a.option_strings[0] == flag]
+        assert len(action.help.split()) >= 2 and re.search(r"\(default: [^)]+\)$", action.help), name
+        allowed = choices(name)
+        if allowed is not None:
+            assert action.metavar.startswith("{" + ",".join(allowed) + "}"), name
+        elif typing.get_type_hints(type(build_config({})))[name] is bool:
+            assert action.metavar == "true|false"
+        assert "".join(action.help.replace("%%", "%").split()) in text
+    assert "{greedy,e2e,decoupled}" in text and "{" + ",".join(HEADS) + "}" in text
+    assert "{" + ",".join(PROBES) + "},..." in text
+    assert "(default:0.1)" in text and "(default:64,64,128)" in text and "(default:false)" in text
+    assert parser.format_usage().strip() == "usage: train.py [-h] [--KEY VALUE ...]"
+
+
+def test_registries_are_full_from_the_config_alone():
+    """The schema checks names against registries filled by the implementations, which `import greedy` loads:
+    a fresh process that imports only greedy.config knows every auxiliary net and probe family."""
+    import subprocess
+    import sys
+
+    code = ("from greedy.config import build_config\nfrom greedy.registry import HEADS, PROBES\n"
+            "print(','.join(HEADS), ','.join(PROBES))\nbuild_config({'aux': 'mlp_sr', 'probes': ['knn']})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["cnn,mlp,mlp_sr,linear,vgg", "linear,knn,clustering,binned_entropy,information"]
+
+
+def test_registry_refuses_a_name_twice():
+    from greedy.registry import Registry
+
+    reg: Registry[int] = Registry("objective", "local objective")
+    reg.register("ce", 1)
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("ce", 2)
+    with pytest.raises(UsageError, match=r"config key 'objective': 'cee' is not one of ce"):
+        reg.get("cee")
+    assert reg.suggest("cee") == "did you mean 'ce'? " and reg.get("ce") == 1

@@ -1,4 +1,4 @@
-"""Tests for greedy.data: tiny datasets written in their true on-disk formats into tmp_path."""
+"""Tests for greedy.datasets: tiny datasets written in their true on-disk formats into tmp_path."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from greedy.data import (
+from greedy.datasets import (
     AUGMENTATIONS,
     DATASETS,
     DataBundle,

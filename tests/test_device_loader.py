@@ -14,8 +14,8 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 from scipy.stats import chi2_contingency, chisquare
 
-from greedy.data import Normalization, create_datasets, create_loaders
-from greedy.device_loader import CropFlip, DeviceLoader
+from greedy.datasets import Normalization, create_datasets, create_loaders
+from greedy.datasets.device import CropFlip, DeviceLoader
 from tests.helpers import cli, kill_during_stage2, start_train, summary, user_env
 
 NORM = Normalization(255.0, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
@@ -129,7 +129,7 @@ SHARD_SCRIPT = """
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from greedy.device_loader import DeviceLoader
+from greedy.datasets.device import DeviceLoader
 acc = Accelerator(cpu=True)
 n = 70
 ids = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1)

@@ -28,19 +28,21 @@ from accelerate import Accelerator
 from greedy.analysis.representations import Sample, seeded_sample
 from greedy.analysis.runner import FAMILIES, AnalysisSettings, Context, cpu_threads
 from greedy.builder import Stage
-from greedy.config import Config
-from greedy.data import DataBundle
+from greedy.datasets import DataBundle
 from greedy.models import GreedyNet
+from greedy.registry import PROBES
+from greedy.schema import Config
 from greedy.tracking import Tracker
 
 # probe name (a runner family) -> {field of its per-layer entry: key in the probe record}
-PROBES: dict[str, dict[str, str]] = {
+for _name, _fields in {
     "linear": {"train_acc": "linear_train_acc", "test_acc": "linear_test_acc"},
     "knn": {"test_acc": "knn_test_acc"},
     "clustering": {"nc1": "nc1", "ratio": "scatter_ratio", "silhouette": "silhouette"},
     "binned_entropy": {"h_bin": "h_bin"},
     "information": {"mi_nats": "mi_xt", "stderr_nats": "mi_xt_stderr", "n": "mi_xt_n", "beta": "beta"},
-}
+}.items():
+    PROBES.register(_name, _fields)
 KIND = "probe"  # the "kind" of a probe record in metrics.jsonl (epoch records have no "kind")
 HEADLINE = ("linear_test_acc", "knn_test_acc", "nc1", "h_bin", "mi_xt")  # printed after each probe
 

@@ -28,11 +28,11 @@ from accelerate.utils import set_seed
 from greedy.analysis.plots import make_plots, plot_trajectories
 from greedy.analysis.runner import FAMILIES, PAIRWISE, AnalysisSettings, compare_cka, run_analysis
 from greedy.checkpoint import RunDir
-from greedy.config import Config
-from greedy.data import DataBundle
+from greedy.datasets import DataBundle
 from greedy.errors import UsageError
 from greedy.files import write_bytes
 from greedy.models import GreedyNet, create_greedy_net
+from greedy.schema import Config
 
 ANALYSIS_FILE = "analysis.json"
 PLOT_DIR = "analysis"

@@ -45,7 +45,7 @@ from greedy.analysis.representations import (
 from greedy.analysis.robustness import noise_error_rates
 from greedy.analysis.similarity import cka_matrix
 from greedy.analysis.spectrum import WW_MIN_EVALS, WW_SMALL_N, weight_alpha
-from greedy.data import DataBundle
+from greedy.datasets import DataBundle
 from greedy.models import GreedyNet
 
 

@@ -1,145 +1,30 @@
 """GreedyNet: the local modules (blocks) and the auxiliary nets (heads) of a layerwise-trained CNN.
 
-A net is an ordered chain of units (a plain net's conv blocks; a ResNet's stem and residual blocks; later any
-timm CNN's layers). `split_units` cuts the chain into K consecutive local modules, each trained by one auxiliary
-problem; `GreedyNet.from_units` is the one way to assemble a net from such a chain.
+A net is an ordered chain of units (a plain net's conv blocks; a ResNet's stem and residual blocks; any timm CNN's
+layers). `tracing.split_units` cuts the chain into K consecutive local modules, each trained by one auxiliary
+problem; `GreedyNet.from_units` is the one way to assemble a net from such a chain, `create_greedy_net` the one
+way from a config.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from itertools import chain
-from pathlib import Path
 
 import torch
-from timm.models import build_model_with_cfg, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
-from torch.func import functional_call
-from torch.utils.flop_counter import FlopCounterMode
 
-from greedy.config import Config, build_config, load_yaml
+from greedy.datasets import dataset_info
 from greedy.errors import UsageError
 from greedy.models.backbones import TimmHead, timm_units
 from greedy.models.blocks import SpaceToDepth, plain_units, resnet_units
 from greedy.models.heads import create_head
+from greedy.models.tracing import TooSmall, Units, meta_call, shape_str, split_units, trace_units
+from greedy.schema import Config
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-Units = list[tuple[str, nn.Module]]
 # A chain of units, built already (a list) or on demand (a function returning a fresh iterator of them).
 UnitSource = Units | Callable[[], Iterable[tuple[str, nn.Module]]]
-
-
-@dataclass
-class UnitTrace:
-    """What one unit does to a batch of 2: output shape (C, H, W) and forward FLOPs (FlopCounterMode's count)."""
-
-    name: str
-    out_shape: tuple[int, ...]
-    flops: int
-
-
-def _meta_call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """module(x) with meta stand-ins for its weights: shapes and FLOPs only, whatever device the module is on,
-    and its BatchNorm statistics untouched."""
-    state = {name: torch.empty_like(t, device="meta")
-             for name, t in chain(module.named_parameters(), module.named_buffers())}
-    return functional_call(module, state, (x,))
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "x".join(map(str, t.shape[1:]))
-
-
-class TooSmall(UsageError):
-    """An input (C x H x W) that unit `unit` (0-based; -1: the stem) of a chain cannot take, in local module `module`
-    where that is known."""
-
-    def __init__(self, size: str, unit: int, name: str, problem: str, module: int | None = None):
-        self.size, self.unit, self.name, self.problem, self.module = size, unit, name, problem, module
-        where = (f"unit {unit + 1} '{name}'" if unit >= 0 else name) + (f" in local module {module}" if module else "")
-        super().__init__(f"input {size} does not fit {where} ({problem}); use larger images, sizes the downsampling "
-                         "divides (space-to-depth needs even sizes), or fewer downsampling layers")
-
-
-def trace_units(units: Units, in_shape: tuple[int, int, int], stem: nn.Module | None = None) -> list[UnitTrace]:
-    """Run the chain on a meta batch of 2 inputs of `in_shape` (C, H, W): each unit's output shape and FLOPs.
-
-    Raises TooSmall (a UsageError) naming the first unit the input is too small for (it fails, or its output
-    is empty).
-    """
-    x = torch.zeros(2, *in_shape, device="meta")
-    if stem is not None:
-        try:
-            x = _meta_call(stem, x)
-        except RuntimeError as err:
-            raise TooSmall("x".join(map(str, in_shape)), -1, "the input stem",
-                           f"it cannot take it: {str(err).splitlines()[0]}") from None
-    traces = []
-    for i, (name, unit) in enumerate(units):
-        size, problem = "x".join(map(str, in_shape)), None
-        try:
-            with FlopCounterMode(display=False) as counter:
-                y = _meta_call(unit, x)
-            if y.numel() == 0:
-                problem = f"it turns its {_shape(x)} input into {_shape(y)}"
-        except RuntimeError as err:
-            problem = f"it cannot take its {_shape(x)} input: {str(err).splitlines()[0]}"
-        if problem:
-            raise TooSmall(size, i, name, problem)
-        traces.append(UnitTrace(name, tuple(y.shape[1:]), counter.get_total_flops()))
-        x = y
-    return traces
-
-
-def split_units(flops: list[int], num_modules: int | None = None, split_points: list[int] | None = None) -> list[range]:
-    """Cut a chain of len(flops) units into consecutive local modules: the unit indices of each.
-
-    split_points: the 0-based unit indices where a new module starts (sorted, in 1..units-1). Else num_modules K
-    (None: one module per unit): the K modules whose forward FLOPs are as equal as possible (least squared
-    deviation from total/K; for a CIFAR ResNet, whose residual blocks all cost the same, this is InfoPro's
-    equal-depth split). Raises UsageError (naming the config key) for impossible splits.
-    """
-    n = len(flops)
-    if split_points:
-        bad = [p for p in split_points if not 1 <= p < n]
-        if bad or sorted(set(split_points)) != list(split_points):
-            raise UsageError(f"config key 'split_points': {list(split_points)} must be increasing unit indices in "
-                             f"1..{n - 1} (the net has {n} units, 0-based)")
-        if num_modules is not None and num_modules != len(split_points) + 1:
-            raise UsageError(f"config key 'num_modules': {num_modules} contradicts split_points {list(split_points)} "
-                             f"({len(split_points) + 1} local modules); give one of them (--num-modules null drops "
-                             "the config file's)")
-        bounds = [0, *split_points, n]
-        return [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
-    k = n if num_modules is None else num_modules
-    if not 1 <= k <= n:
-        raise UsageError(f"config key 'num_modules': {k} is outside 1..{n} (the net has {n} units)")
-    if k == n:
-        return [range(i, i + 1) for i in range(n)]
-    prefix = [0]
-    for f in flops:
-        prefix.append(prefix[-1] + f)
-    target = prefix[-1] / k
-    inf = float("inf")
-    # cost[j][i]: least squared deviation splitting units 0..i-1 into j modules; cut[j][i] the last module's start
-    cost = [[inf] * (n + 1) for _ in range(k + 1)]
-    cut = [[0] * (n + 1) for _ in range(k + 1)]
-    cost[0][0] = 0.0
-    for j in range(1, k + 1):
-        for i in range(j, n - (k - j) + 1):
-            for s in range(j - 1, i):
-                c = cost[j - 1][s] + (prefix[i] - prefix[s] - target) ** 2
-                if c < cost[j][i]:
-                    cost[j][i], cut[j][i] = c, s
-    bounds, i = [n], n
-    for j in range(k, 0, -1):
-        i = cut[j][i]
-        bounds.append(i)
-    bounds.reverse()
-    return [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 class GreedyNet(nn.Module):
@@ -330,15 +215,15 @@ class GreedyNet(nn.Module):
     def module_shapes(self, in_chans: int, img_size: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """(input shape, output shape) of every local module, (C, H, W) each, from a meta-device pass; every
         head is run on its module's output too. Raises UsageError naming the module an input is too small for."""
-        x = _meta_call(self.stem, torch.zeros(2, in_chans, img_size, img_size, device="meta"))
+        x = meta_call(self.stem, torch.zeros(2, in_chans, img_size, img_size, device="meta"))
         shapes = []
         for j, (block, head) in enumerate(zip(self.blocks, self.heads, strict=True)):
             what = f"local module {j + 1} ({', '.join(self.module_units[j])})"
             try:
-                y = _meta_call(block, x)
+                y = meta_call(block, x)
                 if y.numel() == 0:
-                    raise RuntimeError(f"empty output {_shape(y)}")
-                _meta_call(head, y)
+                    raise RuntimeError(f"empty output {shape_str(y)}")
+                meta_call(head, y)
             except RuntimeError as err:
                 raise UsageError(f"input {in_chans}x{img_size}x{img_size} does not fit {what} or its auxiliary "
                                  f"net ({str(err).splitlines()[0]}); use larger images or fewer downsampling layers"
@@ -378,8 +263,6 @@ def net_units(cfg: Config, in_chans: int) -> Iterator[tuple[str, nn.Module]]:
 def create_greedy_net(cfg: Config, *, num_classes: int, in_chans: int, img_size: int | None = None) -> GreedyNet:
     """The config's net for N x in_chans x img_size x img_size inputs (img_size None: cfg's, else the dataset's)."""
     if img_size is None:
-        from greedy.data import dataset_info
-
         img_size = cfg.img_size or dataset_info(cfg.dataset).img_size
     stem = SpaceToDepth(2) if cfg.input_downsample else None
     chans = in_chans * 4 if cfg.input_downsample else in_chans
@@ -410,155 +293,3 @@ def stage_param_count(net: GreedyNet, j: int) -> dict[str, int]:
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     blocks = sum(count(b) for b in net.blocks[: j + 1])
     return {"block": count(net.blocks[j]), "head": count(net.heads[j]), "model": blocks + count(net.heads[j])}
-
-
-# --- timm registrations: built through timm's own build_model_with_cfg -------------------------------------------
-
-TIMM_OPTIONS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only", "out_indices",
-                "feature_cls")
-"""timm.create_model's options a greedy model takes, handled by timm.models.build_model_with_cfg."""
-
-
-def greedy_pretrained_cfg(cfg: Config, net: GreedyNet) -> dict:
-    """timm's pretrained_cfg for the config's net: what its weights expect. input_size (C, H, W) and num_classes
-    are the config's dataset's (img_size if set), mean/std the normalization a run of it uses
-    (data.dataset_stats), first_conv the net's first conv, classifier every head's final Linear
-    (GreedyNet.classifier_names). In-memory datasets are resized bilinearly and never cropped."""
-    from greedy.data import dataset_info, dataset_stats
-
-    info = dataset_info(cfg.dataset)
-    img_size = cfg.img_size or info.img_size
-    mean, std = dataset_stats(cfg.dataset, cfg.data_dir)
-    first_conv = next((f"blocks.{n}" for n, m in net.blocks.named_modules() if isinstance(m, nn.Conv2d)), None)
-    pretrained_cfg = {"input_size": (info.in_chans, img_size, img_size), "mean": tuple(mean), "std": tuple(std),
-                      "num_classes": cfg.num_classes or info.num_classes, "first_conv": first_conv,
-                      "classifier": net.classifier_names()}
-    if cfg.dataset != "imagenet":
-        pretrained_cfg.update(interpolation="bilinear", crop_pct=1.0)
-    return pretrained_cfg
-
-
-def _build(variant: str, values: dict, pretrained: bool, kwargs: dict, *, weights: Path | None = None,
-           fixed: bool = False) -> nn.Module:
-    """A registered greedy model, built through timm's `build_model_with_cfg` (timm/models/_builder.py): it
-    applies our pretrained_cfg, wraps `features_only` models (FeatureGetterNet over forward_intermediates, one
-    feature map per local module) and loads weights (pretrained_cfg 'file'; with another num_classes it drops
-    every classifier in pretrained_cfg['classifier'], and adapts first_conv to another in_chans).
-
-    `values`: config keys; `kwargs`: create_model's keyword arguments, config keys among them unless `fixed`
-    (a trained run's net cannot change shape). `weights`: the file `pretrained` loads. Raises UsageError."""
-    from greedy.config import FIELDS, coerce
-    from greedy.data import dataset_info
-
-    kwargs = dict(kwargs)
-    options = {k: kwargs.pop(k) for k in TIMM_OPTIONS if k in kwargs}
-    num_classes, in_chans = kwargs.pop("num_classes", None), kwargs.pop("in_chans", None)
-    unknown = [k for k in kwargs if fixed or k not in FIELDS]
-    if unknown:
-        takes = ("num_classes, in_chans and timm's pretrained/features options" if fixed else
-                 "config keys (see python train.py --help), num_classes, in_chans and timm's pretrained/features "
-                 "options")
-        raise UsageError(f"timm.create_model({variant!r}): unknown keyword {unknown[0]!r}; greedy models take {takes}")
-    cfg = build_config({**values, **{k: coerce(k, v) for k, v in kwargs.items()}}, check_data=False)
-    info = dataset_info(cfg.dataset)
-    num_classes, in_chans = num_classes or cfg.num_classes or info.num_classes, in_chans or info.in_chans
-    net = create_greedy_net(cfg, num_classes=num_classes, in_chans=in_chans)
-    pretrained_cfg = greedy_pretrained_cfg(cfg, net)
-    given = options.pop("pretrained_cfg", None)
-    if given is not None and not isinstance(given, dict):
-        raise UsageError(f"timm.create_model({variant!r}): pretrained_cfg must be a dict of entries (got {given!r})")
-    pretrained_cfg.update(given or {})
-    overlay = dict(options.pop("pretrained_cfg_overlay", None) or {})
-    if weights is not None:
-        overlay.setdefault("file", str(weights))
-    if pretrained and not any(overlay.get(k) or pretrained_cfg.get(k) for k in ("file", "url", "hf_hub_id")):
-        raise UsageError(f"timm.create_model({variant!r}, pretrained=True): greedy models have no published weights; "
-                         "load a trained run with timm.create_model('greedy_run', run_dir=..., pretrained=True)")
-    feature_cfg = {"feature_cls": "getter", "out_indices": tuple(range(net.num_stages))}
-    try:
-        return build_model_with_cfg(lambda **_: net, variant, pretrained, pretrained_cfg=pretrained_cfg,
-                                    pretrained_cfg_overlay=overlay, feature_cfg=feature_cfg,
-                                    num_classes=num_classes, in_chans=in_chans, **options)
-    except (RuntimeError, OSError) as err:
-        raise UsageError(f"timm.create_model({variant!r}): {' '.join(str(err).split())[:300]}") from err
-
-
-def _from_preset(preset: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    """A shipped config's net (configs/<preset>.yaml); keyword arguments override config keys (num_classes,
-    in_chans too) and timm's options (features_only, out_indices, pretrained_cfg_overlay) apply."""
-    return _build(f"greedy_{preset}", load_yaml(CONFIG_DIR / f"{preset}.yaml"), pretrained, kwargs)
-
-
-@register_model
-def greedy_run(pretrained: bool = False, run_dir: str | Path | None = None, **kwargs) -> nn.Module:
-    """A trained run's net: `timm.create_model("greedy_run", run_dir="runs/NAME", pretrained=True)`.
-
-    Built from run_dir/config.yaml; `pretrained` loads run_dir/model.safetensors through timm's pretrained
-    machinery. With another `num_classes` every head's classifier is re-initialized (timm drops the layers
-    pretrained_cfg['classifier'] lists) and every other weight is the run's. Raises UsageError for a run_dir
-    that is not a finished run."""
-    from greedy.checkpoint import RunDir
-
-    if run_dir is None:
-        raise UsageError("timm.create_model('greedy_run'): pass run_dir='runs/NAME' (a directory made by train.py)")
-    run = RunDir.open(run_dir)
-    weights = run.path / "model.safetensors"
-    if pretrained and not weights.is_file():
-        raise UsageError(f"{run.path} has no model.safetensors (the run has not finished); finish it with "
-                         f"`python train.py --resume {run.path}` or pass pretrained=False")
-    return _build("greedy_run", load_yaml(run.config_path), pretrained, kwargs, weights=weights, fixed=True)
-
-
-@register_model
-def greedy_digits_k2(pretrained: bool = False, **kwargs) -> nn.Module:
-    return _from_preset("digits_k2", pretrained, **kwargs)
-
-
-@register_model
-def greedy_fashion_mnist_k2(pretrained: bool = False, **kwargs) -> nn.Module:
-    return _from_preset("fashion_mnist_k2", pretrained, **kwargs)
-
-
-@register_model
-def greedy_cifar10_k1(pretrained: bool = False, **kwargs) -> nn.Module:
-    return _from_preset("cifar10_k1", pretrained, **kwargs)
-
-
-@register_model
-def greedy_cifar10_k2(pretrained: bool = False, **kwargs) -> nn.Module:
-    return _from_preset("cifar10_k2", pretrained, **kwargs)
-
-
-@register_model
-def greedy_cifar10_k3(pretrained: bool = False, **kwargs) -> nn.Module:
-    return _from_preset("cifar10_k3", pretrained, **kwargs)
-
-
-@register_model
-def greedy_imagenet_k1(pretrained: bool = False, **kwargs) -> nn.Module:
-    return _from_preset("imagenet_k1", pretrained, **kwargs)
-
-
-@register_model
-def greedy_imagenet_k2(pretrained: bool = False, **kwargs) -> nn.Module:
-    return _from_preset("imagenet_k2", pretrained, **kwargs)
-
-
-@register_model
-def greedy_imagenet_k3(pretrained: bool = False, **kwargs) -> nn.Module:
-    return _from_preset("imagenet_k3", pretrained, **kwargs)
-
-
-@register_model
-def greedy_vgg11_k3(pretrained: bool = False, **kwargs) -> nn.Module:
-    return _from_preset("vgg11_k3", pretrained, **kwargs)
-
-
-@register_model
-def greedy_cifar10_resnet32(pretrained: bool = False, **kwargs) -> nn.Module:
-    return _from_preset("cifar10_resnet32", pretrained, **kwargs)
-
-
-@register_model
-def greedy_cifar10_resnet110(pretrained: bool = False, **kwargs) -> nn.Module:
-    return _from_preset("cifar10_resnet110", pretrained, **kwargs)

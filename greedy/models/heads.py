@@ -1,4 +1,4 @@
-"""Auxiliary nets, one registry: each kind is one class registered under the name the config's `aux` and
+"""Auxiliary nets: each kind is one class registered in `greedy.registry.HEADS` under the name the config's `aux` and
 `final_head` keys use.
 
     cnn      the paper's (Belilovsky et al. 2019): (k-1) conv layers, pool, linear
@@ -12,21 +12,11 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
 
 from torch import nn
 
 from greedy.models.blocks import ConvBlock
-
-HEADS: dict[str, type[nn.Module]] = {}
-
-
-def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make an auxiliary net kind available as `aux: name` / `final_head: name`."""
-    def register(cls: type[nn.Module]) -> type[nn.Module]:
-        HEADS[name] = cls
-        return cls
-    return register
+from greedy.registry import HEADS
 
 
 def create_head(kind: str, in_chans: int, num_classes: int, **options) -> nn.Module:
@@ -35,7 +25,7 @@ def create_head(kind: str, in_chans: int, num_classes: int, **options) -> nn.Mod
     `options` are the config's head settings (k, width, pool_size, batchnorm); each kind takes those its
     constructor names and ignores the rest.
     """
-    cls = HEADS[kind]
+    cls = HEADS.get(kind)
     accepted = inspect.signature(cls.__init__).parameters
     return cls(in_chans, num_classes, **{key: value for key, value in options.items() if key in accepted})
 
@@ -49,7 +39,7 @@ def _mlp(in_features: int, hidden: int, num_classes: int, layers: int, batchnorm
     return nn.Sequential(*mods, nn.Linear(hidden if layers else in_features, num_classes))
 
 
-@register_head("cnn")
+@HEADS.register("cnn")
 class AuxiliaryHead(nn.Module):
     """(k-1) x [Conv3x3-BN-ReLU] -> avg-pool to pool_size^2 -> BN -> flatten -> Linear (Belilovsky et al. 2019).
 
@@ -73,7 +63,7 @@ class AuxiliaryHead(nn.Module):
         return self.fc(self.bn(self.pool(self.convs(x))).flatten(1))
 
 
-@register_head("mlp")
+@HEADS.register("mlp")
 class MLPHead(nn.Module):
     """DGL's MLP auxiliary net (Belilovsky, Eickenberg, Oyallon, ICML 2020): average-pool to pool_size^2 (2x2),
     flatten (C * 4 features), 3 x [Linear-BN-ReLU] of width `width` (default: C * 4), Linear to the classes.
@@ -90,7 +80,7 @@ class MLPHead(nn.Module):
         return self.mlp(self.pool(x).flatten(1))
 
 
-@register_head("mlp_sr")
+@HEADS.register("mlp_sr")
 class MLPSRHead(nn.Module):
     """DGL's MLP-SR auxiliary net (ICML 2020): average-pool to a quarter of the input's spatial size
     (ceil(H/4) x ceil(W/4)), 3 x [Conv1x1-BN-ReLU] of width `width` (default: C), average-pool to pool_size^2 (2x2),
@@ -114,7 +104,7 @@ class MLPSRHead(nn.Module):
         return self.mlp(self.pool(self.convs(reduced)).flatten(1))
 
 
-@register_head("linear")
+@HEADS.register("linear")
 class LinearClassifier(nn.Module):
     """A ResNet's own classifier (He et al. 2016): global average pool -> Linear. N x C x H x W -> N x classes."""
 
@@ -127,7 +117,7 @@ class LinearClassifier(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-@register_head("vgg")
+@HEADS.register("vgg")
 class VGGClassifier(nn.Module):
     """The standard VGG classifier (max-pool, 7x7 pooling, two 4096-wide hidden layers) as a last head."""
 

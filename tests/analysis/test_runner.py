@@ -26,7 +26,7 @@ from greedy.analysis.report import (
 )
 from greedy.analysis.runner import FAMILIES, PAIRWISE, AnalysisSettings, run_analysis
 from greedy.checkpoint import RunDir
-from greedy.data import create_datasets
+from greedy.datasets import create_datasets
 from greedy.errors import UsageError
 from greedy.models import GreedyNet, create_greedy_net
 from tests.helpers import ROOT, cli, tree_digest
