@@ -28,6 +28,7 @@ from greedy.datasets import create_datasets, create_loaders
 from greedy.errors import UsageError, run_cli
 from greedy.models import create_greedy_net
 from greedy.summary import format_table, result_rows
+from greedy.tracking import offline_without_credentials
 from greedy.trainer import evaluate_heads, make_accelerator
 
 
@@ -87,6 +88,7 @@ def run_layer_analysis(args, names: list[str], target: LoadedRun, argv: list[str
     print(f"\nanalysis ({', '.join(names)}) in {analysis['seconds']['total']:.1f}s: {path}, "
           f"{len(pngs)} plots in {path.parent / 'analysis'}")
     if args.wandb:
+        offline_without_credentials()  # no credentials: an offline run, not a prompt
         log_wandb(target, analysis, pngs)
 
 

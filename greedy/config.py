@@ -16,7 +16,7 @@ from timm.optim import list_optimizers
 
 from greedy.errors import UsageError
 from greedy.optim import make_optimizer, make_scheduler
-from greedy.registry import DATASETS, PROBES
+from greedy.registry import DATASETS
 from greedy.schema import FIELDS, GROUPS, Config, choices
 
 _TYPES = typing.get_type_hints(Config)
@@ -297,13 +297,16 @@ def _check_timm(cfg: Config) -> None:
 def _check_probes(cfg: Config) -> None:
     """Every name in `probes` is a probe family that can run during training (did-you-mean otherwise), and
     probing is asked for with at least one."""
+    during = choices("probes")  # the families that can probe during training
     for name in cfg.probes:
-        if name not in PROBES:
-            raise UsageError(f"config key 'probes': {name!r} is not a probe during training; "
-                             f"{PROBES.suggest(name)}choose from {', '.join(PROBES)}")
+        if name not in during:
+            close = difflib.get_close_matches(name, during, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UsageError(f"config key 'probes': {name!r} is not a probe during training; {hint}choose from "
+                             f"{', '.join(during)}")
     if cfg.probe_every and not cfg.probes:
         raise UsageError(f"config key 'probes': empty while probe_every is {cfg.probe_every}; name at least one "
-                         f"({', '.join(PROBES)}) or pass --probe-every 0")
+                         f"({', '.join(during)}) or pass --probe-every 0")
     if cfg.probe_every and cfg.pipeline > 1:
         raise UsageError(f"config key 'probe_every': probes during training need the whole net in one process, but "
                          f"--pipeline {cfg.pipeline} spreads its blocks; drop --probe-every (probe the finished run "

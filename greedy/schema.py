@@ -145,7 +145,7 @@ class Config:
     probe_every: int = _probe(0, "epochs between probes of the block(s) being trained, and each stage's last epoch; "
                              "0: off")
     probes: list[str] = _probe(["linear", "clustering", "information"], "probe families run during training",
-                              PROBES)
+                               lambda: tuple(name for name in PROBES if PROBES[name].during))
     probe_samples: int = _probe(500, "seeded test subset probed, and a train subset of the same size the linear "
                                "probe is fit on")
 

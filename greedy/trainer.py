@@ -283,7 +283,7 @@ def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, ru
                 say(f"{name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train {train_acc:.4f}  "
                     f"test {test_acc:.4f}  lr {lr:.4g}  {seconds:.1f}s")
         if probes is not None:  # every probe_every epochs; leaves the RNG and the weights as they were
-            probes.after_epoch(stage, epoch, epochs, accelerator, tracker)
+            probes.after_epoch(stage, epoch, epochs, accelerator, tracker.log_probe)
         run.save_state(accelerator, stage.index, epoch, {"step": step, "seconds": seconds, "cache_time": cache_time})
         tracker.flush_epochs()
     tracker.step = step

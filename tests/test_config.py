@@ -67,7 +67,7 @@ def test_help_documents_every_key():
             assert action.metavar == "true|false"
         assert "".join(action.help.replace("%%", "%").split()) in text
     assert "{greedy,e2e,decoupled}" in text and "{" + ",".join(HEADS) + "}" in text
-    assert "{" + ",".join(PROBES) + "},..." in text
+    assert "{" + ",".join(choices("probes")) + "},..." in text and set(choices("probes")) < set(PROBES)
     assert "(default:0.1)" in text and "(default:64,64,128)" in text and "(default:false)" in text
     assert parser.format_usage().strip() == "usage: train.py [-h] [--KEY VALUE ...]"
 
@@ -78,10 +78,13 @@ def test_registries_are_full_from_the_config_alone():
     import subprocess
     import sys
 
-    code = ("from greedy.config import build_config\nfrom greedy.registry import HEADS, PROBES\n"
-            "print(','.join(HEADS), ','.join(PROBES))\nbuild_config({'aux': 'mlp_sr', 'probes': ['knn']})")
+    code = ("from greedy.config import build_config\nfrom greedy.registry import DATASETS, HEADS, PROBES\n"
+            "from greedy.schema import choices\n"
+            "print(','.join(DATASETS), ','.join(HEADS), ','.join(choices('probes')), len(PROBES))\n"
+            "build_config({'aux': 'mlp_sr', 'probes': ['knn'], 'dataset': 'fake'})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["cnn,mlp,mlp_sr,linear,vgg", "linear,knn,clustering,binned_entropy,information"]
+    assert out.split() == ["digits,fashion_mnist,cifar10,cifar100,imagenet,fake", "cnn,mlp,mlp_sr,linear,vgg",
+                           "linear,knn,clustering,binned_entropy,information", "13"]
 
 
 def test_registry_refuses_a_name_twice():

@@ -1,5 +1,10 @@
-"""Estimators that probe intermediate representations and weights of trained networks (pure functions)."""
+"""Probe families: estimators of intermediate representations and weights (pure functions), each file with the glue
+that runs it on a GreedyNet, registered in `greedy.registry.PROBES` (see context.py).
+"""
 
+# the family modules register their families in this order: the order of reports, `--analysis all` and `--help`
+from greedy.analysis import probes, clustering, information, similarity, regions, spectrum  # noqa: F401, I001
+from greedy.analysis import robustness, moments, chaos, anisotropy, connectivity  # noqa: F401, I001
 from greedy.analysis.anisotropy import (
     anisotropy_indicator,
     gradient_moments,

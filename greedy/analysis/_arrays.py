@@ -1,9 +1,13 @@
-"""Conversions shared by the estimators: accept numpy arrays or torch tensors."""
+"""Conversions shared by the estimators (numpy arrays or torch tensors in), and the dimension reduction that the
+information and binned-entropy families share."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -40,3 +44,30 @@ def check_xy(X: np.ndarray, y: np.ndarray) -> None:
     """Raise ValueError unless X (N x D) and y (N) have the same number of samples."""
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]}")
+
+
+def reduce_dim(X: ArrayLike, d: int, method: str = "pca") -> torch.Tensor:
+    """Reduce N x ... features to at most d dimensions by "pca" (top principal components) or "pool".
+
+    "pool" averages: an N x C x H x W map is first average-pooled spatially to the largest s x s with
+    C*s*s <= d, then (as any N x D input) adaptive-average-pooled over consecutive features down to d.
+    Features with at most d dimensions are returned flattened and unchanged.
+    """
+    if d < 1:
+        raise ValueError(f"d must be >= 1, got {d}")
+    x = to_tensor(X)
+    if method == "pool" and x.ndim == 4 and x[0].numel() > d:
+        c, h, w = x.shape[1:]
+        side = int(math.isqrt(max(d // c, 0)))
+        if side >= 1 and side < max(h, w):
+            x = F.adaptive_avg_pool2d(x, (min(side, h), min(side, w)))
+    x = x.reshape(x.shape[0], -1)
+    if x.shape[1] <= d:
+        return x
+    if method == "pca":
+        xc = x - x.mean(dim=0, keepdim=True)
+        _, _, vh = torch.linalg.svd(xc, full_matrices=False)
+        return xc @ vh[:d].T
+    if method == "pool":
+        return F.adaptive_avg_pool1d(x[:, None, :], d)[:, 0, :]
+    raise ValueError(f"method must be 'pca' or 'pool', got {method!r}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,8 @@ import torch.nn.functional as F
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
+
+from greedy.analysis.context import Context, family
 
 Hvp = Callable[[torch.Tensor], torch.Tensor]  # (D,) -> (D,) = H v
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> mean loss (scalar)
@@ -225,3 +228,56 @@ def _noise_anisotropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ran
             "trace_sigma": moments["trace"], "mean_grad_sq": float(moments["mean"] @ moments["mean"]),
             "lambda_max": float(eigvals[0]), "lambda_min_top": float(eigvals[-1]),
             "eigenvalues": eigvals.tolist(), "hvp_calls": calls}
+
+
+# --- the probe family (glue: settings, layers, readouts) --------------------------------------------------
+
+def _stage_views(ctx: Context) -> list[tuple[str, int, nn.Module, torch.Tensor, list[str] | None]]:
+    """(view, depth, model, its inputs, its parameter names or None for all) of each trained problem.
+
+    A greedy or decoupled run trained every stage j: block j + head j on the frozen prefix's outputs (computed
+    once here). An e2e run trained one problem, the whole net, so it has no stage views. Every run gets the
+    whole-net view: all blocks and the final head on the inputs (the e2e problem).
+    """
+    net, s = ctx.net, ctx.settings
+    x = ctx.train.x[: s.aniso_samples]
+    device = next(net.parameters()).device
+    views = []
+    for d in ctx.trained_heads if len(ctx.trained_heads) > 1 else []:
+        with torch.no_grad():
+            feats = torch.cat([net.prefix(d - 1)(x[i:i + s.batch_size].to(device))
+                               for i in range(0, x.shape[0], s.batch_size)])
+        views.append((f"stage{d}", d, nn.Sequential(net.blocks[d - 1], net.heads[d - 1]), feats, None))
+    last = net.num_stages
+    names = [n for n, _ in net.named_parameters() if n.startswith(("stem.", "blocks.", f"heads.{last - 1}."))]
+    views.append(("net", last, net, x, names))
+    return views
+
+
+@family("anisotropy")
+def probe_anisotropy(ctx: Context) -> dict[str, Any]:
+    """Tr(H Sigma) of the SGD noise against its isotropic equivalent Tr(H) Tr(Sigma) / D (Zhu et al. 2019), for
+    every trained stage and the whole net; cross-entropy without weight decay, BatchNorm in eval mode."""
+    s = ctx.settings
+    ctx.net.eval()
+    y = ctx.train.y[: s.aniso_samples]
+    layers = []
+    for view, depth, model, x, params in _stage_views(ctx):
+        res = noise_anisotropy(model, x, y, rank=s.aniso_rank, probes=s.aniso_probes, seed=s.seed, params=params,
+                               batch_size=s.batch_size)
+        kind = "net" if view == "net" else "stage"
+        layers.append({"layer": view, "depth": depth, "kind": kind, **res})
+    return {
+        "settings": s.pick("aniso_rank", "aniso_samples", "aniso_probes", "batch_size"), "layers": layers,
+        "notes": (
+            "views: stage j = block j + head j on the frozen prefix's outputs (trained stages of a greedy or "
+            "decoupled run), net = all blocks + the final head on the inputs. H: Hessian of the mean "
+            "cross-entropy (weight decay left out: it adds weight_decay * I) on the first aniso_samples inputs of "
+            "the train subset, BatchNorm in eval mode (running statistics; so each sample's gradient is defined); "
+            "Sigma: covariance (1/n) of the per-sample gradients there (SGD with batch B has Sigma / B: the ratio "
+            "is the same). tr_h_sigma = sum over the top aniso_rank eigenpairs of lambda_i u_i^T Sigma u_i: a lower "
+            "bound of Tr(H Sigma) if H is PSD on the rest (top_fraction = their share of Tr(H)); tr_h_sigma_iso = "
+            "Tr(H) Tr(Sigma) / D; ratio 1 is isotropic noise, larger means noise along the sharp directions. "
+            "Tr(H) by deflated Hutchinson (trace_h_stderr); mean_grad_sq = ||mean gradient||^2 (0 at a minimum)"
+        ),
+    }

@@ -27,11 +27,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
+import torch
 from numpy.polynomial.legendre import leggauss
 from scipy.optimize import brentq
 from scipy.special import erf
+from torch import nn
+
+from greedy.analysis.context import Context, entry, family, seeded_pairs
+from greedy.analysis.representations import Layer
+from greedy.models import GreedyNet
 
 Fn = Callable[[np.ndarray], np.ndarray]
 NODES = 64
@@ -199,3 +206,116 @@ def relu_correlation_closed_form(c: float, sigma_w2: float, sigma_b2: float, q: 
     E[relu(u1) relu(u2)] = q / (2 pi) (sqrt(1 - c^2) + (pi - arccos c) c), E[relu(u)^2] = q / 2."""
     cross = q / (2 * math.pi) * (math.sqrt(max(1.0 - c * c, 0.0)) + (math.pi - math.acos(c)) * c)
     return (sigma_w2 * cross + sigma_b2) / (sigma_w2 * q / 2 + sigma_b2)
+
+
+# --- the probe family (glue: settings, layers, readouts) --------------------------------------------------
+
+_ACTIVATION_MODULES: dict[type, str] = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.ELU: "elu", nn.SELU: "selu",
+                                        nn.SiLU: "silu", nn.GELU: "gelu", nn.Identity: "linear"}
+
+
+def _plain_layer(block: nn.Module) -> tuple[nn.Module, nn.Module, str, bool] | None:
+    """(weight layer, activation module, activation name, batchnorm) of a block that is one conv/linear layer
+    followed by BatchNorm and an activation (a mean-field layer); None for others (residual blocks, several
+    layers: no single-layer map)."""
+    weights = [m for m in block.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    acts = [m for m in block.modules() if type(m) in _ACTIVATION_MODULES and type(m) is not nn.Identity]
+    if len(weights) != 1 or len(acts) != 1:
+        return None
+    bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in block.modules())
+    return weights[0], acts[0], _ACTIVATION_MODULES[type(acts[0])], bn
+
+
+def sigma_w2_b2(m: nn.Module) -> tuple[float, float]:
+    """Mean-field (sigma_w^2, sigma_b^2) of a conv/linear layer: fan_in x Var(W) (conv fan-in = in_channels /
+    groups x kernel area) and Var(b), 0 without a bias."""
+    w = m.weight.detach().double()
+    fan_in = w[0].numel()
+    sb2 = float(m.bias.detach().double().var(unbiased=False)) if m.bias is not None else 0.0
+    return fan_in * float(w.var(unbiased=False)), sb2
+
+
+def _pair_stats(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair: correlation <a, b> / (|a| |b|) over all units (flattened maps), and q = (|a|^2 + |b|^2) / (2 D)."""
+    a, b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
+    na, nb = (a * a).sum(1), (b * b).sum(1)
+    return (a * b).sum(1) / (na * nb).sqrt().clamp(min=1e-300), (na + nb) / (2 * a.shape[1])
+
+
+@torch.no_grad()
+def correlation_propagation(net: GreedyNet, xa: torch.Tensor, xb: torch.Tensor) -> list[dict[str, Any]]:
+    """Measured pre-activation correlation of input pairs (xa[i], xb[i]) by block, and its one-step mean-field
+    prediction from the layer before (Poole et al. 2016): c_pred^l = C_l(c^{l-1}; q^{l-1}) with block l's
+    (sigma_w^2, sigma_b^2) and the previous layer's activation (identity on the input).
+
+    Returns one dict per depth (0: the input): c (mean over pairs), q, and for plain blocks activation,
+    sigma_w2, sigma_b2, batchnorm, q_star, chi1 (at the layer's own fixed point), c_pred.
+    """
+    net.eval()
+    device = next(net.parameters()).device
+    captured: dict[int, list[torch.Tensor]] = {}
+    handles, plain = [], {}
+    for j, block in enumerate(net.blocks):
+        found = _plain_layer(block)
+        if found is not None:
+            plain[j + 1] = found
+            handles.append(found[1].register_forward_pre_hook(
+                lambda _m, inp, d=j + 1: captured.setdefault(d, []).append(inp[0].to("cpu", copy=True))))
+    try:
+        for x in (xa, xb):
+            net.forward_blocks(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    c_prev, q_prev = _pair_stats(xa, xb)
+    phi_prev = activation("linear")[0]
+    rows.append({"depth": 0, "c": float(c_prev.mean()), "q": float(q_prev.mean())})
+    for d in range(1, net.num_stages + 1):
+        if d not in plain:
+            rows.append({"depth": d, "c": None, "q": None})
+            c_prev = None
+            continue
+        weight, _, act, bn = plain[d]
+        sw2, sb2 = sigma_w2_b2(weight)
+        c, q = _pair_stats(*captured[d])
+        pred = None
+        if c_prev is not None:
+            pred = float(np.mean([correlation_map(float(ci), float(qi), phi_prev, sw2, sb2)
+                                  for ci, qi in zip(c_prev, q_prev, strict=True)]))
+        q_star, chi1 = chi1_at_fixed_point(act, sw2, sb2)
+        rows.append({"depth": d, "c": float(c.mean()), "q": float(q.mean()), "c_pred": pred, "activation": act,
+                     "sigma_w2": sw2, "sigma_b2": sb2, "batchnorm": bn, "q_star": q_star, "chi1": chi1})
+        c_prev, q_prev, phi_prev = c, q, activation(act)[0]
+    return rows
+
+
+@family("chaos", at_init=True)
+def probe_chaos(ctx: Context) -> dict[str, Any]:
+    """Edge of chaos (Hayou et al. 2019; Poole et al. 2016): each block's (sigma_b, sigma_w) and chi_1, and the
+    measured propagation of input-pair correlations against the mean-field map, at initialization and trained."""
+    s, x = ctx.settings, ctx.test.x
+    pairs = seeded_pairs(x.shape[0], min(s.chaos_pairs, x.shape[0]), s.seed)
+    xa, xb = x[[i for i, _ in pairs]], x[[j for _, j in pairs]]
+    results = {prefix: correlation_propagation(net, xa, xb) for prefix, net in ctx.nets()}
+    layers = []
+    for d in range(len(results[""])):
+        la = Layer("input", 0, "input") if d == 0 else Layer(f"block{d}", d, "block")
+        layers.append(entry(la, **{f"{prefix}{k}": v for prefix, res in results.items()
+                                    for k, v in res[d].items() if k != "depth"}))
+    acts = sorted({e[k] for e in layers for k in ("activation", "init_activation") if e.get(k)})
+    sbs = [e[k] for e in layers for k in ("sigma_b2", "init_sigma_b2") if e.get(k) is not None]
+    grid = np.linspace(0.0, max(1.0, 1.2 * math.sqrt(max(sbs, default=0.0))), s.chaos_eoc_points)
+    eoc = {a: {"sigma_b": grid.tolist(), "sigma_w": eoc_curve(a, grid)} for a in acts if a in ACTIVATIONS}
+    return {"settings": {**s.pick("chaos_pairs", "chaos_eoc_points"), "pairs": len(pairs),
+                         "init": ctx.init_net is not None},
+            "layers": layers, "eoc": eoc,
+            "notes": "per block: sigma_w2 = fan_in x Var(W), sigma_b2 = Var(b) (0 without a bias, as under "
+                     "BatchNorm), chi1 = sigma_w^2 E[phi'(sqrt(q*) z)^2] at the layer's own variance fixed point "
+                     "(< 1 ordered, > 1 chaotic, = 1 edge of chaos; null where q* is infinite); c = mean "
+                     "correlation over input pairs of the pre-activations (the input of the block's activation, "
+                     "whole maps flattened), c_pred = the mean-field correlation map applied to the layer before's "
+                     "measured (q, c). BatchNorm renormalizes every channel's variance (q is set by BN, not by the "
+                     "variance map) and centers over the batch, which the map does not model: with BN, c_pred is "
+                     "the map's shape at the measured q only. Residual or multi-layer blocks get no map (null). "
+                     "init_*: the net the run started from"}

@@ -12,10 +12,14 @@ Sigma_W and Sigma_B (2020).
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 from sklearn.metrics import silhouette_score
 
-from greedy.analysis._arrays import ArrayLike, as_features, as_labels, check_xy
+from greedy.analysis._arrays import ArrayLike, as_features, as_labels, check_xy, reduce_dim
+from greedy.analysis.context import Context, entry, family
 
 
 def _class_stats(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -114,3 +118,36 @@ def binned_entropy(
     _, counts = np.unique(codes, axis=0, return_counts=True)
     p = counts / codes.shape[0]
     return float(-np.sum(p * np.log(p)))
+
+
+# --- the probe family (glue: settings, layers, readouts) --------------------------------------------------
+
+@family("clustering", during={"nc1": "nc1", "ratio": "scatter_ratio", "silhouette": "silhouette"})
+def probe_clustering(ctx: Context) -> dict[str, Any]:
+    """Class clustering of the test subset per layer: Tr(S_W)/Tr(S_B), NC1 and silhouette."""
+    r = ctx.reps
+    layers = []
+    for la in ctx.layers():
+        x = r.test[la.name]
+        traces = scatter_traces(x, r.y_test)
+        layers.append(entry(la, **traces, nc1=nc1(x, r.y_test), silhouette=silhouette(x, r.y_test)))
+    return {"settings": ctx.settings.pick(), "layers": layers,
+            "notes": "on the test subset; ratio = Tr(S_W)/Tr(S_B) and NC1 = Tr(S_W S_B^+)/K fall as classes "
+                     "collapse; silhouette in [-1, 1] rises"}
+
+
+@family("binned_entropy", during={"h_bin": "h_bin"})
+def probe_binned_entropy(ctx: Context) -> dict[str, Any]:
+    """H(Bin(T)) per layer: on the PCA readout used by `information`, and on the full pooled features."""
+    s, r = ctx.settings, ctx.reps
+    layers = []
+    for la in ctx.layers(with_input=False):
+        x = r.test[la.name]
+        reduced = reduce_dim(x, s.info_dim, method="pca")
+        layers.append(entry(la, h_bin=binned_entropy(reduced, n_bins=s.n_bins),
+                            h_bin_full=binned_entropy(x, n_bins=s.n_bins), dim=int(reduced.shape[1]),
+                             dim_full=int(x.shape[1])))
+    n = int(r.y_test.shape[0])
+    return {"settings": s.pick("n_bins", "info_dim"), "layers": layers, "max_nats": math.log(n), "n": n,
+            "notes": "nats; per-unit uniform bins over each unit's range on the test subset; at most ln n "
+                     "(h_bin_full, on every pooled unit, is usually saturated there)"}

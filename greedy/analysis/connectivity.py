@@ -25,8 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import update_bn
+
+from greedy.analysis.context import Context, family
+from greedy.models import GreedyNet
 
 Evaluate = Callable[[nn.Module], dict[str, float]]  # the model at one point -> named values (losses, accuracies)
 
@@ -99,3 +103,72 @@ def path_summary(curves: dict[str, list[float]], keys: Sequence[str]) -> dict[st
         height, where = barrier(curves[key], curves["alpha"])
         out[f"{key}_barrier"], out[f"{key}_barrier_alpha"] = height, where
     return out
+
+
+# --- the probe family (glue: settings, layers, readouts) --------------------------------------------------
+
+class _Heads(nn.Module):
+    """A GreedyNet whose forward gives every head's logits (BatchNorm recomputation passes through all heads)."""
+
+    def __init__(self, net: GreedyNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.net.forward_heads(x)
+
+
+@family("connectivity", pairwise=True)
+def probe_connectivity(ctx: Context) -> dict[str, Any]:
+    """Train loss and test accuracy along the straight line from this run (alpha 0) to the compared one (alpha 1),
+    and the barrier height, for the final head and every head trained in both runs (Nguyen et al. 2019)."""
+    s, net = ctx.settings, ctx.net
+    settings = s.pick("path_points")
+    if ctx.other is None:
+        return {"settings": settings, "skipped": True,
+                "notes": "needs two runs of one architecture: evaluate.py RUN --compare OTHER --analysis connectivity"}
+    device = next(net.parameters()).device
+    heads = sorted(set(ctx.trained_heads) & set(ctx.other_heads) | {net.num_stages})
+    batches = lambda x: [x[i:i + s.batch_size].to(device) for i in range(0, x.shape[0], s.batch_size)]  # noqa: E731
+    train_x, test_x = batches(ctx.train.x), batches(ctx.test.x)
+    train_y, test_y = batches(ctx.train.y), batches(ctx.test.y)
+
+    @torch.no_grad()
+    def evaluate(model: GreedyNet) -> dict[str, float]:
+        sums = torch.zeros(2, len(heads), dtype=torch.float64)
+        for xs, ys, row in ((train_x, train_y, 0), (test_x, test_y, 1)):
+            for xb, yb in zip(xs, ys, strict=True):
+                logits = model.forward_heads(xb)
+                for i, d in enumerate(heads):
+                    lg = logits[d - 1].float()
+                    sums[row, i] += (F.cross_entropy(lg, yb, reduction="sum") if row == 0
+                                     else (lg.argmax(1) == yb).sum()).double().cpu()
+        loss, acc = sums[0] / ctx.train.y.shape[0], sums[1] / ctx.test.y.shape[0]
+        return {**{f"train_loss{d}": float(v) for d, v in zip(heads, loss, strict=True)},
+                **{f"test_acc{d}": float(v) for d, v in zip(heads, acc, strict=True)}}
+
+    stored = [evaluate(m.eval()) for m in (net, ctx.other)]  # the endpoints with their own BatchNorm statistics
+    alphas = np.linspace(0.0, 1.0, s.path_points).tolist()
+    curves = linear_path(net, net.state_dict(), ctx.other.state_dict(), alphas, evaluate,
+                         bn_inputs=train_x if has_batchnorm(net) else None, forward=_Heads)
+    paths = []
+    for d in heads:
+        loss, acc = curves[f"train_loss{d}"], curves[f"test_acc{d}"]
+        error = {"alpha": alphas, "test_error": [1.0 - a for a in acc]}
+        paths.append({"model": "final" if d == net.num_stages else f"head{d}", "depth": d, "train_loss": loss,
+                      "test_acc": acc, **path_summary({"alpha": alphas, "train_loss": loss}, ["train_loss"]),
+                      **path_summary(error, ["test_error"]),
+                      "stored_bn_train_loss": [e[f"train_loss{d}"] for e in stored],
+                      "stored_bn_test_acc": [e[f"test_acc{d}"] for e in stored]})
+    return {
+        "settings": settings, "alphas": alphas, "paths": paths, "bn_recomputed": has_batchnorm(net),
+        "notes": (
+            "theta(a) = (1 - a) theta_A + a theta_B, A = this run, B = the compared one; final: all blocks and the "
+            "last head (the assembled net); headJ: blocks 1..J and head J interpolated (the auxiliary problem of "
+            "stage J), for heads trained in both runs. train_loss: cross-entropy on the train subset; test_acc on "
+            "the test subset. Barrier = max_a [v(a) - ((1 - a) v(0) + a v(1))] >= 0 (0: no rise above the chord). "
+            "BatchNorm running statistics are not interpolated: they are recomputed at every point, endpoints "
+            "included, from the train subset (train-mode passes, cumulative average; update_bn); "
+            "stored_bn_*: the endpoints A, B with their own running statistics, for reference"
+        ),
+    }

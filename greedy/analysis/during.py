@@ -2,7 +2,7 @@
 
 Goldfeld et al. (*Estimating Information Flow in Deep Neural Networks*, ICML 2019) follow I(X;T_l) of the noisy
 network over the course of training (it falls as same-class representations cluster). This module only schedules
-and records: the numbers are the runner's layer families (`greedy.analysis.runner.FAMILIES`: the same estimators,
+and records: the numbers are the runner's layer families (`greedy.registry.PROBES`: the same estimators,
 settings and readouts as `evaluate.py --analysis`), restricted to the block(s) being trained, on a test subset and
 a train subset (read without augmentation) drawn once per run. Greedy stage j probes block j; e2e and decoupled
 stages probe every block. Each (stage, epoch, layer) becomes one record of kind "probe" in metrics.jsonl, written
@@ -17,37 +17,40 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 
+from greedy.analysis.context import AnalysisSettings, Context
 from greedy.analysis.representations import Sample, seeded_sample
-from greedy.analysis.runner import FAMILIES, AnalysisSettings, Context, cpu_threads
-from greedy.builder import Stage
+from greedy.analysis.runner import cpu_threads
 from greedy.datasets import DataBundle
 from greedy.models import GreedyNet
 from greedy.registry import PROBES
 from greedy.schema import Config
-from greedy.tracking import Tracker
 
-# probe name (a runner family) -> {field of its per-layer entry: key in the probe record}
-for _name, _fields in {
-    "linear": {"train_acc": "linear_train_acc", "test_acc": "linear_test_acc"},
-    "knn": {"test_acc": "knn_test_acc"},
-    "clustering": {"nc1": "nc1", "ratio": "scatter_ratio", "silhouette": "silhouette"},
-    "binned_entropy": {"h_bin": "h_bin"},
-    "information": {"mi_nats": "mi_xt", "stderr_nats": "mi_xt_stderr", "n": "mi_xt_n", "beta": "beta"},
-}.items():
-    PROBES.register(_name, _fields)
+
+class TrainedStage(Protocol):
+    """What a probe needs of the stage being trained (greedy.builder.Stage has it): its name, whether it is
+    decoupled, and the (0-based index, name) its records go under."""
+
+    name: str
+
+    @property
+    def decoupled(self) -> bool: ...
+
+    def part_ids(self) -> list[tuple[int, str]]: ...
+
+
 KIND = "probe"  # the "kind" of a probe record in metrics.jsonl (epoch records have no "kind")
 HEADLINE = ("linear_test_acc", "knn_test_acc", "nc1", "h_bin", "mi_xt")  # printed after each probe
 
 
-def probed_layers(stage: Stage, num_blocks: int) -> list[tuple[int, str, str]]:
+def probed_layers(stage: TrainedStage, num_blocks: int) -> list[tuple[int, str, str]]:
     """(0-based stage index, stage name, layer) of every probe record one epoch of `stage` writes.
 
     The stage index and name are those of the stage's epoch records, so each probe record sits next to one:
@@ -115,12 +118,14 @@ class TrainingProbes:
         values: dict[str, dict[str, Any]] = {layer: {} for layer in layers}
         with cpu_threads(self.settings.threads):
             for name in self.names:
-                for entry in FAMILIES[name](ctx)["layers"]:
-                    values[entry["layer"]].update({key: entry[f] for f, key in PROBES[name].items()})
+                for entry in PROBES[name](ctx)["layers"]:
+                    values[entry["layer"]].update({key: entry[f] for f, key in PROBES[name].during.items()})
         return values
 
-    def after_epoch(self, stage: Stage, epoch: int, epochs: int, accelerator: Accelerator, tracker: Tracker) -> None:
-        """If due, probe the block(s) `stage` trains and log one record per layer (main process; others wait).
+    def after_epoch(self, stage: TrainedStage, epoch: int, epochs: int, accelerator: Accelerator,
+                    log: Callable[[dict[str, Any]], None]) -> None:
+        """If due, probe the block(s) `stage` trains and `log` one record per layer (the trainer passes its
+        tracker's log_probe; main process only, the others wait).
 
         Records: {"kind": "probe", "stage", "stage_name", "epoch" (1-based, as the epoch records), "layer",
         the probes' values (accuracies in [0, 1], mi_xt in nats), "probe_time" (seconds of this epoch's probes,
@@ -135,8 +140,8 @@ class TrainingProbes:
                 values = self.measure([layer for _, _, layer in targets])
             seconds = time.perf_counter() - t0
             for index, name, layer in targets:
-                tracker.log_probe({"kind": KIND, "stage": index + 1, "stage_name": name, "epoch": epoch + 1,
-                                   "layer": layer, **values[layer], "probe_time": seconds})
+                log({"kind": KIND, "stage": index + 1, "stage_name": name, "epoch": epoch + 1, "layer": layer,
+                     **values[layer], "probe_time": seconds})
             shown = "  ".join(f"{layer}: " + " ".join(f"{k} {v:.4g}" for k, v in values[layer].items()
                                                        if k in HEADLINE and isinstance(v, float))
                               for _, _, layer in targets)

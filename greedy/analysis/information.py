@@ -19,13 +19,18 @@ to a few dimensions first (`reduce_dim`), and every result records the dimension
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from greedy.analysis._arrays import ArrayLike, to_tensor
+from greedy.analysis._arrays import ArrayLike, reduce_dim, to_tensor
+from greedy.analysis.context import Context, entry, family
+from greedy.analysis.representations import block_prefix, pool_map
+from greedy.models import GreedyNet
 
 LN2 = math.log(2.0)
 
@@ -122,33 +127,6 @@ def sp_mutual_information_noisy(
     return _mi_result(h_t["entropy"], h_cond, stderr, dim=d, n=n, beta=beta, mc_samples=mc_samples)
 
 
-def reduce_dim(X: ArrayLike, d: int, method: str = "pca") -> torch.Tensor:
-    """Reduce N x ... features to at most d dimensions by "pca" (top principal components) or "pool".
-
-    "pool" averages: an N x C x H x W map is first average-pooled spatially to the largest s x s with
-    C*s*s <= d, then (as any N x D input) adaptive-average-pooled over consecutive features down to d.
-    Features with at most d dimensions are returned flattened and unchanged.
-    """
-    if d < 1:
-        raise ValueError(f"d must be >= 1, got {d}")
-    x = to_tensor(X)
-    if method == "pool" and x.ndim == 4 and x[0].numel() > d:
-        c, h, w = x.shape[1:]
-        side = int(math.isqrt(max(d // c, 0)))
-        if side >= 1 and side < max(h, w):
-            x = F.adaptive_avg_pool2d(x, (min(side, h), min(side, w)))
-    x = x.reshape(x.shape[0], -1)
-    if x.shape[1] <= d:
-        return x
-    if method == "pca":
-        xc = x - x.mean(dim=0, keepdim=True)
-        _, _, vh = torch.linalg.svd(xc, full_matrices=False)
-        return xc @ vh[:d].T
-    if method == "pool":
-        return F.adaptive_avg_pool1d(x[:, None, :], d)[:, 0, :]
-    raise ValueError(f"method must be 'pca' or 'pool', got {method!r}")
-
-
 def sp_mutual_information_layers(
     layer_outputs: Sequence[ArrayLike],
     beta: float,
@@ -180,3 +158,120 @@ def sp_mutual_information_layers(
         res["layer"] = layer
         results.append(res)
     return results
+
+
+# --- the probe family (glue: settings, layers, readouts) --------------------------------------------------
+
+def _readout_scale(shape: Sequence[int], pool: int) -> tuple[float, bool]:
+    """sqrt(cells per pooled value), which makes average pooling orthonormal; False if windows are uneven."""
+    if len(shape) != 3 or pool <= 0 or (shape[1] <= pool and shape[2] <= pool):
+        return 1.0, True
+    h, w = shape[1], shape[2]
+    ph, pw = min(pool, h), min(pool, w)
+    even = h % ph == 0 and w % pw == 0
+    return math.sqrt((h / ph) * (w / pw)), even
+
+
+@contextmanager
+def noisy_blocks(net: GreedyNet, beta: float, gen: torch.Generator, record: Callable[[str, torch.Tensor], None],
+                 heads: bool = False):
+    """Forward hooks: record every block output, then add N(0, beta^2 I); optionally record head layers."""
+    def block_hook(name: str):
+        def hook(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor:
+            record(name, out)
+            noise = torch.randn(out.shape, generator=gen, dtype=out.dtype)
+            return out + beta * noise.to(out.device)
+        return hook
+
+    def head_hook(name: str):
+        def hook(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+            record(name, out)
+        return hook
+
+    handles = [b.register_forward_hook(block_hook(f"block{j + 1}")) for j, b in enumerate(net.blocks)]
+    if heads:
+        handles += [conv.register_forward_hook(head_hook(f"head{j + 1}.conv{i + 1}"))
+                    for j, head in enumerate(net.heads) for i, conv in enumerate(getattr(head, "convs", []))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def noisy_passes(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """R noisy passes: each layer's pre-noise readout (n x R x D, orthonormally pooled), and each head's accuracy.
+
+    With `ctx.only` (and no head layers) the passes run the blocks up to the deepest probed one and no head (the
+    accuracies are then an empty list): the noisy network up to that block is the same, at a fraction of the cost.
+    """
+    s, net = ctx.settings, ctx.net
+    gen = torch.Generator().manual_seed(s.seed)
+    device = next(net.parameters()).device
+    outs: dict[str, list[torch.Tensor]] = {}  # per layer: batches of every pass, in pass-major order
+    correct = torch.zeros(net.num_stages)
+    depth = max(la.depth for la in ctx.layers(with_input=False)) if ctx.only is not None and not s.heads else None
+    prefix = block_prefix(net, depth) if depth is not None else None
+
+    def record(name: str, out: torch.Tensor) -> None:
+        scale, _ = _readout_scale(out.shape[1:], s.pool)
+        outs.setdefault(name, []).append(pool_map(out.float(), s.pool).cpu() * scale)
+
+    with noisy_blocks(net, s.beta, gen, record, heads=s.heads):
+        for _ in range(s.noisy_passes):
+            for start in range(0, x.shape[0], s.batch_size):
+                xb = x[start:start + s.batch_size].to(device)
+                if prefix is not None:
+                    prefix(xb)
+                    continue
+                yb = y[start:start + s.batch_size]
+                correct += torch.stack([(lg.argmax(1).cpu() == yb).sum() for lg in net.forward_heads(xb)]).float()
+    stacked = {name: torch.cat(parts).reshape(s.noisy_passes, x.shape[0], -1).transpose(0, 1)
+               for name, parts in outs.items()}
+    return stacked, [] if prefix is not None else (correct / (x.shape[0] * s.noisy_passes)).tolist()
+
+
+def _pca_readout(s: torch.Tensor, d: int) -> torch.Tensor:
+    """Project n x R x D samples on the top-d principal directions (orthonormal rows) of all n*R of them."""
+    flat = s.reshape(-1, s.shape[-1]).double()
+    centered = flat - flat.mean(dim=0, keepdim=True)
+    if flat.shape[1] > d:
+        _, vecs = torch.linalg.eigh(centered.T @ centered)  # ascending eigenvalues: the last d columns
+        centered = centered @ vecs[:, -d:].flip(1)
+    return centered.reshape(s.shape[0], s.shape[1], -1)
+
+
+@family("information", during={"mi_nats": "mi_xt", "stderr_nats": "mi_xt_stderr", "n": "mi_xt_n", "beta": "beta"})
+def probe_information(ctx: Context) -> dict[str, Any]:
+    """SP estimate of I(X;T_l) in the noisy network (Goldfeld et al. 2019), on a low-dimensional readout."""
+    s = ctx.settings
+    n = min(s.info_samples, ctx.test.x.shape[0])
+    samples, head_acc = noisy_passes(ctx, ctx.test.x[:n], ctx.test.y[:n])
+    layers = []
+    for la in ctx.layers(with_input=False):
+        z = _pca_readout(samples[la.name], s.info_dim)
+        deterministic = bool(torch.equal(z, z[:, :1].expand_as(z)))  # no noise upstream (the first block)
+        if deterministic:
+            res = sp_mutual_information(z[:, 0], s.beta, mc_samples=s.mc_samples, seed=s.seed)
+        else:
+            res = sp_mutual_information_noisy(z, s.beta, mc_samples=s.mc_samples, seed=s.seed)
+        _, even = _readout_scale(ctx.reps.shapes[la.name], s.pool)
+        layers.append(entry(la, **res, deterministic_given_x=deterministic, orthonormal_readout=even))
+    return {
+        "settings": s.pick("beta", "info_dim", "info_samples", "noisy_passes", "mc_samples"),
+        "layers": layers,
+        "noisy_head_acc": [{"head": j + 1, "acc": acc, "trained": j + 1 in ctx.trained_heads}
+                           for j, acc in enumerate(head_acc)],
+        "max_nats": math.log(n),
+        "notes": (
+            "I(X;T_l) for T_l = R_l(S_l) + N(0, beta^2 I_d): S_l is block l's output in the network with "
+            "N(0, beta^2 I) added to EVERY block output, R_l the orthonormal readout (sum-pool / sqrt(cells), "
+            "then the top info_dim principal directions), so R_l(noise) is exactly N(0, beta^2 I_d) and the "
+            "value lower-bounds I(X; noisy block output). h(T|X) is exact for the first block and SP-estimated "
+            f"from noisy_passes samples after it. At most ln n = {math.log(n):.3f} nats. The estimator's error "
+            "grows quickly (exponentially in sample complexity) with the dimension: compare values only at the "
+            "same info_dim, beta and n. Head layers (with --analysis-heads) get the readout noise only. "
+            "noisy_head_acc: test accuracy of every head in the noisy network."
+        ),
+    }

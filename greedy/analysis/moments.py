@@ -24,11 +24,16 @@ Covariances are accumulated batch by batch (`CovarianceSums`), so memory is C x 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from greedy.analysis._arrays import ArrayLike, to_tensor
+from greedy.analysis.context import Context, entry, family
+from greedy.analysis.representations import Layer, iter_layer_outputs, probe_layers
+from greedy.models import GreedyNet
 
 
 def channel_vectors(t: ArrayLike) -> torch.Tensor:
@@ -130,3 +135,58 @@ def signal_noise_moments(signals: list[ArrayLike], noises: list[ArrayLike]) -> l
         row["chi"] = normalized_sensitivity(row["signal_power"], row["noise_power"], rows[0]["signal_power"],
                                             rows[0]["noise_power"])
     return rows
+
+
+# --- the probe family (glue: settings, layers, readouts) --------------------------------------------------
+
+def layer_moments(net: GreedyNet, x: torch.Tensor, layers: list[Layer], seed: int, batch_size: int = 256
+                  ) -> dict[str, dict[str, float]]:
+    """Labatie's moments of every layer's signal x^l and noise dx^l = J_l dx, dx ~ N(0, I) (a JVP per batch).
+
+    x: N x C x H x W inputs. Returns layer name -> `LayerMoments.summary()` plus chi (relative to "input", which
+    must be among `layers`). The noise powers are per unit input noise variance (the JVP is linear in dx).
+    """
+    device = next(net.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    acc = {la.name: LayerMoments() for la in layers}
+    net.eval()
+
+    def outputs(inp: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # cloned as produced: a later in-place activation (timm's ReLU(inplace=True)) must not change them
+        return tuple(out.clone() for _, out in iter_layer_outputs(net, inp, layers))
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch.func's first JVP scripts its decompositions with torch.jit.script, which warns that it is deprecated
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size].to(device)
+            dx = torch.randn(xb.shape, generator=gen).to(device=device, dtype=xb.dtype)
+            outs, tangents = torch.func.jvp(outputs, (xb,), (dx,))
+            for la, out, tangent in zip(layers, outs, tangents, strict=True):
+                acc[la.name].add(out, tangent)
+    res = {name: m.summary() for name, m in acc.items()}
+    x0 = res["input"]
+    for row in res.values():
+        row["chi"] = normalized_sensitivity(row["signal_power"], row["noise_power"], x0["signal_power"],
+                                            x0["noise_power"])
+    return res
+
+
+@family("moments", at_init=True)
+def probe_moments(ctx: Context) -> dict[str, Any]:
+    """Signal and noise moments by depth, at initialization and trained (Labatie 2019): power, chi, r_eff."""
+    s = ctx.settings
+    layers = probe_layers(ctx.net, s.heads)
+    n = min(s.moments_samples, ctx.test.x.shape[0])
+    results = {prefix: layer_moments(net, ctx.test.x[:n], layers, s.seed, s.batch_size) for prefix, net in ctx.nets()}
+    entries = [entry(la, **{f"{prefix}{k}": v for prefix, res in results.items() for k, v in res[la.name].items()})
+               for la in layers]
+    return {"settings": {**s.pick("moments_samples"), "n": n, "init": ctx.init_net is not None},
+            "layers": entries,
+            "notes": "signal x^l and noise dx^l = J_l dx (forward-mode JVP, dx ~ N(0, I) in input units) on the first "
+                     "n test inputs; a map is read as one channel vector per input and position (C values; the "
+                     "input of a 1-channel image has r_eff 1 by construction); signal_power = mean channel variance "
+                     "over inputs and positions, noise_power = E[dx^2]; chi = sqrt((noise/signal power) / (the "
+                     "input's)): > 1 the net amplifies small input changes relative to the signal; r_eff = Tr C / "
+                     "lambda_max(C) of the centered covariance: -> 1 a one-dimensional (pathological) signal; "
+                     "init_*: the same on the net the run started from (its config and seed)"}

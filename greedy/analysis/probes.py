@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from greedy.analysis._arrays import ArrayLike, as_features, as_labels, check_xy
+from greedy.analysis.context import Context, entry, family
 
 
 def linear_probe(
@@ -80,3 +84,30 @@ def knn_accuracy(
         pred = classes[np.argmax(votes, axis=1)]
         correct += int(np.sum(pred == yte[start:start + chunk_size]))
     return correct / Xte.shape[0]
+
+
+# --- the probe family (glue: settings, layers, readouts) --------------------------------------------------
+
+@family("linear", during={"train_acc": "linear_train_acc", "test_acc": "linear_test_acc"})
+def probe_linear(ctx: Context) -> dict[str, Any]:
+    """Train/test accuracy of a logistic-regression probe per layer (Alain & Bengio 2016)."""
+    s, r = ctx.settings, ctx.reps
+    layers = []
+    for layer in ctx.layers():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # lbfgs convergence warnings: max_iter is recorded
+            res = linear_probe(r.train[layer.name], r.y_train, r.test[layer.name], r.y_test, C=s.linear_c,
+                               max_iter=s.linear_max_iter, seed=s.seed)
+        layers.append(entry(layer, **res, dim=int(r.test[layer.name].shape[1])))
+    return {"settings": s.pick("linear_c", "linear_max_iter"), "layers": layers,
+            "notes": "multinomial logistic regression on standardized pooled features, fit on the train subset"}
+
+
+@family("knn", during={"test_acc": "knn_test_acc"})
+def probe_knn(ctx: Context) -> dict[str, Any]:
+    """Test accuracy of a cosine k-nearest-neighbour classifier on the train subset, per layer."""
+    s, r = ctx.settings, ctx.reps
+    layers = [entry(la, test_acc=knn_accuracy(r.train[la.name], r.y_train, r.test[la.name], r.y_test, k=s.knn_k))
+              for la in ctx.layers()]
+    return {"settings": s.pick("knn_k"), "layers": layers,
+            "notes": "k-NN majority vote under cosine distance; references: the train subset"}

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from greedy.analysis._arrays import ArrayLike, to_tensor
+from greedy.analysis.context import Context, entry, family, seeded_pairs
+from greedy.analysis.representations import Layer, block_prefix
+from greedy.models import GreedyNet
 
 PatternFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -110,4 +116,61 @@ def line_regions(
         "mean_boundary_distance": mean_dist,
         "regions_per_length_per_neuron": n_regions / scale if scale > 0 else float("nan"),
         "boundaries_per_length_per_neuron": n_changes / scale if scale > 0 else float("nan"),
+    }
+
+
+# --- the probe family (glue: settings, layers, readouts) --------------------------------------------------
+
+def _depth_patterns(net: GreedyNet, example: torch.Tensor) -> dict[int, Callable[[torch.Tensor], torch.Tensor]]:
+    """Pattern function of the net up to each block depth, sharing one forward pass of the full net per input."""
+    full = relu_pattern_fn(block_prefix(net, net.num_stages))
+    cols = {d: relu_pattern_fn(block_prefix(net, d))(example[None]).shape[1] for d in range(1, net.num_stages + 1)}
+    cache: dict[bytes, torch.Tensor] = {}
+
+    def for_depth(d: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def pattern(x: torch.Tensor) -> torch.Tensor:
+            key = hashlib.blake2b(x.detach().cpu().numpy().tobytes(), digest_size=16).digest()
+            if key not in cache:
+                cache.clear()
+                cache[key] = full(x)
+            return cache[key][:, :cols[d]]
+        return pattern
+
+    return {d: for_depth(d) for d in cols}
+
+
+@family("regions")
+def probe_regions(ctx: Context) -> dict[str, Any]:
+    """Linear regions of the net up to each block along segments from test inputs (Hanin & Rolnick 2019)."""
+    s, net, x = ctx.settings, ctx.net, ctx.test.x
+    net.eval()
+    patterns = _depth_patterns(net, x[0])
+    per_depth: dict[int, list[dict[str, float]]] = {d: [] for d in patterns}
+    for i, j in seeded_pairs(x.shape[0], min(s.segments, x.shape[0]), s.seed):
+        x0, x1 = x[i], x[i] + s.segment_fraction * (x[j] - x[i])
+        for d, fn in patterns.items():
+            per_depth[d].append(line_regions(fn, x0, x1, n_points=s.segment_points))
+    layers = [entry(Layer(f"block{d}", d, "block"), **_mean_regions(rs, s.segment_points))
+              for d, rs in per_depth.items()]
+    return {"settings": s.pick("segments", "segment_fraction", "segment_points"), "layers": layers,
+            "notes": "regions of the net up to block l (its ReLUs and all before) on segments from a test input "
+                     "x_i towards x_j, the first segment_fraction of the way; counts are lower bounds when "
+                     "points_per_region is small; mean_boundary_distance in input units, averaged over segments "
+                     "with a boundary; max-pool switches are not counted"}
+
+
+def _mean_regions(rs: list[dict[str, float]], n_points: int) -> dict[str, float]:
+    """Average line_regions results over segments (boundary distance over segments that have a boundary)."""
+    dists = [r["mean_boundary_distance"] for r in rs if math.isfinite(r["mean_boundary_distance"])]
+    mean = lambda key: float(np.mean([r[key] for r in rs]))  # noqa: E731
+    return {
+        "n_regions": mean("n_regions"),
+        "regions_per_length": float(np.mean([r["n_regions"] / r["length"] for r in rs])),
+        "regions_per_length_per_neuron": mean("regions_per_length_per_neuron"),
+        "boundaries_per_length_per_neuron": mean("boundaries_per_length_per_neuron"),
+        "mean_boundary_distance": float(np.mean(dists)) if dists else float("inf"),
+        "segments_without_boundary": len(rs) - len(dists),
+        "mean_length": mean("length"),
+        "n_neurons": int(rs[0]["n_neurons"]),
+        "min_points_per_region": float(n_points / max(r["n_regions"] for r in rs)),
     }

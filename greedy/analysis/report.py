@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
+from greedy.analysis.context import AnalysisSettings
 from greedy.analysis.plots import make_plots, plot_trajectories
-from greedy.analysis.runner import FAMILIES, PAIRWISE, AnalysisSettings, compare_cka, run_analysis
+from greedy.analysis.runner import AT_INIT, FAMILIES, PAIRWISE, compare_cka, run_analysis
 from greedy.checkpoint import RunDir
 from greedy.datasets import DataBundle
 from greedy.errors import UsageError
@@ -39,7 +40,6 @@ PLOT_DIR = "analysis"
 FORMAT = 1
 DEFAULTS = AnalysisSettings()
 PACKAGES = ("greedy", "torch", "numpy", "scipy", "scikit-learn", "matplotlib")
-INIT_FAMILIES = ("moments", "chaos")  # families that also probe the net at initialization
 
 
 @dataclass
@@ -238,7 +238,7 @@ def analyse(target: LoadedRun, names: list[str], settings: AnalysisSettings, oth
     for role, item in zip("AB", loaded, strict=False):
         timings: dict[str, float] = {}
         init = None
-        if any(n in INIT_FAMILIES for n in names):
+        if any(n in AT_INIT for n in names):
             init = initial_net(item.cfg, item.data).to(next(item.net.parameters()).device)
         pair = {"other": other.net, "other_heads": trained_heads(other.cfg, other.net)} if role == "A" and other else {}
         own = names if role == "A" else [n for n in names if n not in PAIRWISE]  # a pair's path is run A's
@@ -343,17 +343,15 @@ def headline_lines(run: dict[str, Any], other_label: str = "B") -> list[str]:
 
 def log_wandb(target: LoadedRun, analysis: dict[str, Any], pngs: list[Path], say: Callable[[str], None] = print
               ) -> None:
-    """Log the analysis as a new W&B run in the run's project and group (offline without credentials)."""
+    """Log the analysis as a new W&B run in the run's project and group (W&B's mode as the environment sets it:
+    evaluate.py sets WANDB_MODE=offline without credentials)."""
     import wandb
 
-    from greedy.tracking import _wandb_credentials
-
-    mode = None if "WANDB_MODE" in os.environ or _wandb_credentials() else "offline"
     config = {"settings": analysis["settings"], "families": analysis["families"], "versions": analysis["versions"],
               "runs": [{k: v for k, v in r.items() if k != "results"} for r in analysis["runs"]]}
     wrun = wandb.init(project=target.cfg.wandb_project, group=target.cfg.experiment, job_type="analysis",
                       dir=str(target.run.path / "analysis"), name=f"{target.run.path.name}-analysis",
-                      config=config, mode=mode)
+                      config=config)
     payload: dict[str, Any] = {}
     for run in analysis["runs"]:
         for fam, result in run["results"].items():
@@ -366,7 +364,7 @@ def log_wandb(target: LoadedRun, analysis: dict[str, Any], pngs: list[Path], say
     payload.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in pngs})
     wrun.log(payload)  # one step: the analysis is a snapshot
     wrun.summary["analysis_json"] = str(target.run.path / ANALYSIS_FILE)
-    if mode == "offline":
+    if os.environ.get("WANDB_MODE") == "offline":
         say(f"W&B analysis run saved offline in {Path(wrun.dir).parent}; upload it with `wandb sync "
             f"{Path(wrun.dir).parent}`")
     wrun.finish()

@@ -14,12 +14,15 @@ half-space reading of the aggregate error rate in noise (inf / nan for mean p = 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.stats import norm
 
 from greedy.analysis._arrays import ArrayLike, as_labels, to_tensor
+from greedy.analysis.context import Context, family
+from greedy.analysis.representations import head_model
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -94,3 +97,28 @@ def noise_error_rates(
         "median_distance": median,
         "distance_from_mean_error": from_mean,
     }
+
+
+# --- the probe family (glue: settings, layers, readouts) --------------------------------------------------
+
+@family("noise")
+def probe_noise(ctx: Context) -> dict[str, Any]:
+    """Test error under Gaussian input noise and the implied distance to the error set (Ford et al. 2019)."""
+    s, net = ctx.settings, ctx.net
+    net.eval()
+    last = net.num_stages
+    heads = [d for d in ctx.trained_heads if d != last] if s.noise_heads else []
+    device = next(net.parameters()).device
+    models = []
+    for d in [*heads, last]:
+        res = noise_error_rates(head_model(net, d), ctx.test.x, ctx.test.y, s.sigmas, n_samples=s.noise_samples,
+                                seed=s.seed, device=device)
+        models.append({"model": "final" if d == last else f"head{d}", "depth": d,
+                       "clean_error": float(1.0 - res["clean_correct"].mean()),
+                       "mean_error": res["mean_error"].tolist(), "median_distance": res["median_distance"].tolist(),
+                       "distance_from_mean_error": res["distance_from_mean_error"].tolist()})
+    return {"settings": s.pick("sigmas", "noise_samples", "noise_heads"), "sigmas": list(s.sigmas),
+            "models": models,
+            "notes": "error of the model on x + N(0, sigma^2 I) (input units: normalized pixels); implied distance "
+                     "d = -sigma Phi^-1(p): null where not finite (no error seen: beyond resolution; p >= 1/2: "
+                     "undefined)"}

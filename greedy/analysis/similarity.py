@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from greedy.analysis._arrays import ArrayLike, as_features
+from greedy.analysis.context import Context, entry, family
 
 
 class _Centered:
@@ -58,3 +60,14 @@ def cka_matrix(layers_a: Sequence[ArrayLike], layers_b: Sequence[ArrayLike] | No
         return m
     prep_b = [_Centered(x) for x in layers_b]
     return np.array([[_cka(a, b) for b in prep_b] for a in prep_a])
+
+
+# --- the probe family (glue: settings, layers, readouts) --------------------------------------------------
+
+@family("cka")
+def probe_cka(ctx: Context) -> dict[str, Any]:
+    """Linear CKA between every pair of layers on the test subset."""
+    names = [la.name for la in ctx.layers()]
+    matrix = cka_matrix([ctx.reps.test[n] for n in names])
+    return {"settings": ctx.settings.pick(), "layers": [entry(la) for la in ctx.layers()],
+            "names": names, "matrix": matrix.tolist(), "notes": "linear CKA of pooled features (test subset)"}

@@ -12,13 +12,14 @@ from greedy.analysis.chaos import (
     chi1,
     chi1_at_fixed_point,
     correlation_map,
+    correlation_propagation,
     eoc_curve,
     eoc_sigma_w,
     fixed_point_q,
     relu_correlation_closed_form,
+    sigma_w2_b2,
     variance_map,
 )
-from greedy.analysis.runner import correlation_propagation, sigma_w2_b2
 from greedy.models import GreedyNet
 
 RELU, TANH, LINEAR = activation("relu"), activation("tanh"), activation("linear")

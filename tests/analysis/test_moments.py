@@ -11,11 +11,11 @@ from greedy.analysis.moments import (
     CovarianceSums,
     channel_vectors,
     effective_rank,
+    layer_moments,
     normalized_sensitivity,
     signal_noise_moments,
 )
 from greedy.analysis.representations import Layer
-from greedy.analysis.runner import layer_moments
 from greedy.models import GreedyNet
 
 
