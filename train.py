@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             holder = [str(RunDir.create(cfg, Path(args.config).stem).path)]
         run = RunDir(Path(broadcast_object_list(holder)[0]))
     tracker = None
-    builder = GreedyBuilder(net, cfg.mode)
+    builder = GreedyBuilder(net, cfg.mode, cfg.objective)
     try:
         say(f"run directory: {run.path}")
         log_skipped_images(data, run.path / SKIPPED_IMAGES)

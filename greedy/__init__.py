@@ -26,5 +26,7 @@ _import_timm_without_wandb()
 
 
 # the implementations that fill greedy.registry (after timm, which must load without wandb)
-import greedy.analysis.during  # noqa: E402, F401  probe families during training: PROBES
+import greedy.analysis.during  # noqa: E402, F401  probe families: PROBES
+import greedy.datasets  # noqa: E402, F401  data sets: DATASETS
 import greedy.models.heads  # noqa: E402, F401  auxiliary nets: HEADS
+import greedy.objectives  # noqa: E402, F401  local objectives: OBJECTIVES

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from greedy.models import GreedyNet
+from greedy.objectives import LocalObjective, ModuleSpec, create_objective
 
 
 class BlockWithHead(nn.Module):
@@ -28,13 +29,14 @@ class Stage:
     """One training problem: `trainable(prefix(x))` is fit to the labels; `prefix` stays frozen.
 
     In decoupled mode `trainable` is a ModuleList of BlockWithHead parts, each fit on its predecessor's
-    detached output.
+    detached output. `objectives` holds the local objective of each part (empty: cross-entropy).
     """
 
     index: int  # 0-based; the e2e and decoupled stages carry the last block's index
     name: str  # stage1, stage2, ... or e2e or decoupled
     prefix: nn.Module
     trainable: nn.Module
+    objectives: list[LocalObjective] = field(default_factory=list)
 
     @property
     def decoupled(self) -> bool:
@@ -64,11 +66,17 @@ class GreedyBuilder:
     """Grows a GreedyNet block by block (greedy), trains it jointly as one stage (e2e), or trains every
     block at once on its own auxiliary problem with detached inputs (decoupled, one stage)."""
 
-    def __init__(self, net: GreedyNet, mode: str = "greedy"):
+    def __init__(self, net: GreedyNet, mode: str = "greedy", objective: str = "ce"):
+        """`objective`: the registered local objective (config key `objective`) each block is trained on; the
+        e2e stage trains the whole net on the last block's. Raises ValueError for an unknown mode, UsageError for
+        an unknown objective."""
         if mode not in ("greedy", "e2e", "decoupled"):
             raise ValueError(f"GreedyBuilder trains greedy, e2e or decoupled stages, not {mode!r}")
         self.net = net
         self.mode = mode
+        num_classes = net.num_classes
+        self.objectives = [create_objective(objective, ModuleSpec(j, net.num_stages, num_classes))
+                           for j in range(net.num_stages)]
 
     @property
     def num_stages(self) -> int:
@@ -88,12 +96,13 @@ class GreedyBuilder:
         last = net.num_stages - 1
         if self.mode == "e2e":
             trainable = nn.Sequential(*net.blocks, net.heads[last])
-            stage = Stage(last, "e2e", freeze_prefix(net, 0), trainable)
+            stage = Stage(last, "e2e", freeze_prefix(net, 0), trainable, [self.objectives[last]])
         elif self.mode == "decoupled":
             parts = nn.ModuleList(BlockWithHead(b, h) for b, h in zip(net.blocks, net.heads, strict=True))
-            stage = Stage(last, "decoupled", freeze_prefix(net, 0), parts)
+            stage = Stage(last, "decoupled", freeze_prefix(net, 0), parts, list(self.objectives))
         else:
-            stage = Stage(i, f"stage{i + 1}", freeze_prefix(net, i), nn.Sequential(net.blocks[i], net.heads[i]))
+            stage = Stage(i, f"stage{i + 1}", freeze_prefix(net, i), nn.Sequential(net.blocks[i], net.heads[i]),
+                          [self.objectives[i]])
         stage.trainable.requires_grad_(True)
         return stage
 

@@ -1,13 +1,12 @@
-"""Greedy vs end-to-end vs decoupled on one config: the run grid, epoch budgets, training cost, aggregation.
+"""Greedy vs end-to-end vs decoupled on one config: the run grid, epoch budgets, aggregation, tables and plots.
 
 `scripts/compare.py` runs the grid through train.py; this module holds what it reuses: which runs there are
-and with which epochs, what a run costs (training FLOPs counted by `FlopCounterMode`, activation bytes
-saved for backward), and the mean ± std over seeds of what each run's directory holds.
+and with which epochs, and the mean ± std over seeds of what each run's directory holds (what a run costs is
+greedy/cost.py's).
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -18,24 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
-from greedy.builder import GreedyBuilder
-from greedy.cache import autocast_dtype, cache_enabled
 from greedy.checkpoint import RunDir
-from greedy.datasets import create_datasets, dataset_info
+from greedy.cost import Cost
 from greedy.errors import UsageError
-from greedy.models import GreedyNet, create_greedy_net
-from greedy.profiling import saved_tensor_bytes
 from greedy.schema import MODES, Config
 
 BUDGETS = ("per_stage", "total")
-# Training-set sizes, for when the data is not on this machine (--plan): digits is the fixed seeded split.
-TRAIN_SIZES = {"digits": 1437, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
-               "imagenet": 1_281_167, "fake": 512}
 
 
 # ---------------------------------------------------------------------------------------------- the grid
@@ -113,166 +100,6 @@ def run_status(path: Path) -> str:
     if (path / "config.yaml").is_file():
         return "partial"
     return "new"
-
-
-# ---------------------------------------------------------------------------------------------- cost
-
-
-@dataclass
-class Cost:
-    """What training one (mode, k) costs; FLOPs as FlopCounterMode counts them (2 per multiply-add)."""
-
-    step_flops: float  # optimisation steps: forward + backward, over all epochs and blocks
-    cache_flops: float  # greedy with the feature cache: the frozen prefix's forward, once per stage
-    images_per_block: int  # training images each block is fit on (passes x training-set size)
-    peak_activation_bytes: int  # bytes saved for backward in one training step, max over stages / parts
-    epochs: int
-    cached: bool
-    piece_activation_bytes: tuple[int, ...] = ()  # the same, per greedy stage / decoupled part (e2e: one)
-
-    @property
-    def train_flops(self) -> float:
-        return self.step_flops + self.cache_flops
-
-
-def train_size(cfg: Config) -> int:
-    """Training images: counted from the data when it is here, else the data set's standard size."""
-    try:
-        return len(create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment="none").train)
-    except UsageError:
-        if cfg.dataset not in TRAIN_SIZES:
-            raise
-        return TRAIN_SIZES[cfg.dataset]
-
-
-def _net(cfg: Config, device: str) -> tuple[GreedyNet, tuple[int, int, int], int]:
-    """The config's net on `device`, the input shape (C, H, W) and the number of classes."""
-    info = dataset_info(cfg.dataset)
-    size = cfg.img_size or info.img_size
-    num_classes = cfg.num_classes or info.num_classes
-    with torch.device(device):
-        net = create_greedy_net(cfg, num_classes=num_classes, in_chans=info.in_chans)
-    return net, (info.in_chans, size, size), num_classes
-
-
-def _logits(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """The logits of a part (a decoupled BlockWithHead returns (block output, logits))."""
-    return out[1] if isinstance(out, tuple) else out
-
-
-def _flops(fn: Callable[[], object]) -> float:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
-
-
-def _backprop(part: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Forward, cross-entropy and backward of one trainable part; its output (detached) for the next part."""
-    out = part(x)
-    F.cross_entropy(_logits(out), y).backward()
-    return (out[0] if isinstance(out, tuple) else out).detach()
-
-
-def _pieces(net: GreedyNet, mode: str) -> list[tuple[nn.Module, nn.Module]]:
-    """(frozen prefix, trainable part) of every separately backpropagated piece of the mode's training.
-
-    greedy: one per stage; e2e: the whole net; decoupled: one per block, its input the detached output of
-    the previous block, which is what the frozen prefix computes (the trainer's `decoupled_step` frees each
-    part's graph with its own backward before the next part runs).
-    """
-    if mode == "e2e":
-        stage = GreedyBuilder(net, "e2e").stage(0)
-        return [(stage.prefix, stage.trainable)]
-    if mode == "decoupled":
-        parts = GreedyBuilder(net, "decoupled").stage(0).parts
-        return [(net.prefix(j).eval(), part) for j, part in enumerate(parts)]
-    builder = GreedyBuilder(net)
-    return [(s.prefix, s.trainable) for s in map(builder.stage, range(builder.num_stages))]
-
-
-def _trainable(part: nn.Module) -> nn.Module:
-    """The part as its step trains it: gradients on, BatchNorm in training mode (building later stages froze it)."""
-    return part.requires_grad_(True).train()
-
-
-def flops_per_image(cfg: Config, mode: str, batch: int = 2) -> list[tuple[float, float]]:
-    """(prefix forward, trainable forward + backward) FLOPs per image of each piece, on meta tensors."""
-    net, shape, _ = _net(cfg, "meta")
-    x = torch.zeros(batch, *shape, device="meta")
-    y = torch.zeros(batch, dtype=torch.long, device="meta")
-    result = []
-    for prefix, part in _pieces(net, mode):
-        _trainable(part)
-        with torch.no_grad():
-            prefix_flops = _flops(lambda p=prefix: p(x))
-            h = prefix(x)
-        result.append((prefix_flops / batch, _flops(lambda p=part, h=h: _backprop(p, h, y)) / batch))
-    return result
-
-
-def _saved_bytes(prefix: nn.Module, part: nn.Module, shape: tuple[int, ...], batch: int, num_classes: int,
-                 autocast: torch.dtype | None) -> int:
-    """Activation bytes one training step of `part` saves for backward, on a random CPU batch.
-
-    Only the part is materialized (its values do not matter, only its shapes); its input is a random tensor
-    of the frozen prefix's output shape, which runs without a graph and saves nothing.
-    """
-    with torch.no_grad():
-        in_shape = prefix(torch.zeros(batch, *shape, device="meta")).shape
-    part = _trainable(copy.deepcopy(part).to_empty(device="cpu"))
-    for p in part.parameters():
-        torch.nn.init.normal_(p.data, std=0.01)
-    x = torch.randn(in_shape)
-    y = torch.randint(0, num_classes, (batch,))
-    weights = [*part.parameters(), *part.buffers()]
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
-            out = part(x)
-            loss = F.cross_entropy(_logits(out).float(), y)
-        loss.backward()
-
-    return saved_tensor_bytes(step, weights)
-
-
-def piece_activation_bytes(cfg: Config, mode: str, batch: int | None = None) -> list[int]:
-    """Bytes saved for backward in one training step at the config's batch size, per separately backpropagated
-    piece: each greedy stage (block j + head j), each decoupled part, or the whole e2e net (InfoPro's way of
-    reporting the memory of local learning, Wang et al. ICLR 2021).
-
-    Measured at batches of 2 and 4 and extrapolated: saved activations are affine in the batch size (per-image
-    tensors plus per-channel BatchNorm statistics), so this equals a direct measurement at full batch.
-    """
-    batch = batch or cfg.batch_size
-    net, shape, num_classes = _net(cfg, "meta")
-    autocast = autocast_dtype(cfg)
-    result = []
-    for prefix, part in _pieces(net, mode):
-        small, large = (_saved_bytes(prefix, part, shape, b, num_classes, autocast) for b in (2, 4))
-        result.append(small + (large - small) * (batch - 2) // 2)
-    return result
-
-
-def activation_bytes(cfg: Config, mode: str, batch: int | None = None) -> int:
-    """Peak bytes saved for backward in one training step at the config's batch size, max over the pieces."""
-    return max(piece_activation_bytes(cfg, mode, batch))
-
-
-def measure_cost(cfg: Config, n_train: int) -> Cost:
-    """Training FLOPs, images per block and peak activation bytes of a run of `cfg` (its mode and epochs)."""
-    mode, epochs = cfg.mode, cfg.train_epochs
-    pieces = flops_per_image(cfg, mode)
-    cached = mode == "greedy" and cache_enabled(cfg, say=lambda _: None)
-    trained = sum(train for _, train in pieces)
-    if cached:  # stage j trains on stored features; the prefix is advanced one block per stage, once in all
-        step, cache = trained, pieces[-1][0]
-    elif mode == "greedy":  # every step of stage j runs the frozen prefix forward
-        step, cache = trained + sum(prefix for prefix, _ in pieces), 0.0
-    else:  # e2e, decoupled: only the stem runs outside the trained parts (decoupled parts get detached inputs)
-        step, cache = trained + pieces[0][0], 0.0
-    step, cache = step * n_train * epochs, cache * n_train
-    pieces_bytes = tuple(piece_activation_bytes(cfg, mode))
-    return Cost(step, cache, n_train * epochs, max(pieces_bytes), epochs, cached, pieces_bytes)
 
 
 # ---------------------------------------------------------------------------------------------- results

@@ -7,7 +7,9 @@ registry is complete before any config is validated.
 
     DATASETS    data sets, config key `dataset`                           greedy/datasets/*.py
     HEADS       auxiliary nets, config keys `aux` and `final_head`        greedy/models/heads.py
-    PROBES      probe families that can run during training, `probes`    greedy/analysis/during.py
+    OBJECTIVES  local objectives, config key `objective`                  greedy/objectives/*.py
+    PROBES      probe families (evaluate.py --analysis; those with `during`, config key `probes`)
+                                                                          greedy/analysis/*.py
 
 Adding one: write the class or function in its module and decorate it with `@HEADS.register("name")` (or the
 registry it belongs to); the config accepts the name, `train.py --help` lists it.
@@ -83,4 +85,5 @@ class Registry(Generic[T]):
 
 DATASETS: Registry[Any] = Registry("dataset", "data set")  # entries: greedy.datasets.source.DataSource
 HEADS: Registry[type] = Registry("aux", "auxiliary net")
-PROBES: Registry[dict[str, str]] = Registry("probes", "probe during training")
+OBJECTIVES: Registry[type] = Registry("objective", "local objective")  # entries: LocalObjective subclasses
+PROBES: Registry[Any] = Registry("probes", "probe family")  # entries: greedy.analysis.context.ProbeFamily

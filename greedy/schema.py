@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from greedy.datasets.transforms import AUGMENTATIONS
-from greedy.registry import DATASETS, HEADS, PROBES
+from greedy.registry import DATASETS, HEADS, OBJECTIVES, PROBES
 
 MODES = ("greedy", "e2e", "decoupled")
 # timm schedulers whose learning rate is a function of the epoch alone ('plateau' needs a metric, 'none' no LR)
@@ -105,6 +105,9 @@ class Config:
                    "(greedy/models/heads.py)", HEADS)
     final_head: str = _aux("auxiliary", "the last block's head: auxiliary (the aux kind), any auxiliary net, or timm "
                           "(arch timm: the timm model's own classifier)", lambda: ("auxiliary", *HEADS, "timm"))
+
+    objective: str = _aux("ce", "local objective of each module: ce (cross-entropy of the auxiliary net chosen by "
+                          "aux and k: greedy SL, DGL) (greedy/objectives/)", OBJECTIVES)
 
     # optimization, per stage (greedy) or for the whole net (e2e)
     epochs: int = _optim(10, "epochs per stage (greedy, decoupled)")

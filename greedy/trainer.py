@@ -18,6 +18,8 @@ from greedy.builder import Stage
 from greedy.checkpoint import RunDir, check_finite
 from greedy.errors import TrainingDiverged, UsageError
 from greedy.models import GreedyNet
+from greedy.objectives import LocalObjective, total_loss
+from greedy.objectives.ce import CrossEntropy
 from greedy.optim import make_optimizer, make_scheduler
 from greedy.schema import Config
 from greedy.tracking import Tracker
@@ -64,6 +66,9 @@ class StageResult:
     seconds: float
 
 
+CROSS_ENTROPY = CrossEntropy()  # the objective of a part given none
+
+
 def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == labels).sum()
 
@@ -73,31 +78,35 @@ def as_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
-def _fit(model: nn.Module, optimizer, accelerator: Accelerator, x: torch.Tensor,
-         y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Forward, cross-entropy, backward, step: (loss, logits, block output or None)."""
+def _fit(model: nn.Module, optimizer, accelerator: Accelerator, x: torch.Tensor, y: torch.Tensor,
+         objective: LocalObjective | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Forward, the local objective's loss (None: cross-entropy), backward, step: (loss, logits, block output or
+    None)."""
     out = model(x)
     h, logits = out if isinstance(out, tuple) else (None, out)
-    loss = F.cross_entropy(logits, y)
+    loss = total_loss((objective or CROSS_ENTROPY)(h, logits, y))
     accelerator.backward(loss)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss, logits, h
 
 
-def train_step(prefix: nn.Module, model: nn.Module, optimizer, accelerator: Accelerator,
-               x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step of `model` on `prefix(x)`; the frozen prefix runs without a graph."""
+def train_step(prefix: nn.Module, model: nn.Module, optimizer, accelerator: Accelerator, x: torch.Tensor,
+               y: torch.Tensor, objective: LocalObjective | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step of `model` on `prefix(x)` and its local objective (None: cross-entropy); the frozen
+    prefix runs without a graph."""
     with accelerator.accumulate(model):
         with torch.no_grad(), accelerator.autocast():
             x = prefix(x)
-        loss, logits, _ = _fit(model, optimizer, accelerator, x, y)
+        loss, logits, _ = _fit(model, optimizer, accelerator, x, y, objective)
     return loss, logits
 
 
 def decoupled_step(prefix: nn.Module, models: list[nn.Module], optimizers: list, accelerator: Accelerator,
-                   x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One step of every block+head part, each on its predecessor's detached output: (loss, logits) per part.
+                   x: torch.Tensor, y: torch.Tensor, objectives: list[LocalObjective] | None = None
+                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One step of every block+head part, each on its predecessor's detached output and its own local objective
+    (None: cross-entropy for all): (loss, logits) per part.
 
     Each part's graph is freed by its own backward before the next part runs, so the activation memory is
     one block's, and no gradient crosses a block boundary.
@@ -106,8 +115,8 @@ def decoupled_step(prefix: nn.Module, models: list[nn.Module], optimizers: list,
     with accelerator.accumulate(*models):
         with torch.no_grad(), accelerator.autocast():
             x = prefix(x)
-        for model, optimizer in zip(models, optimizers, strict=True):
-            loss, logits, h = _fit(model, optimizer, accelerator, x, y)
+        for j, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
+            loss, logits, h = _fit(model, optimizer, accelerator, x, y, objectives[j] if objectives else None)
             results.append((loss, logits))
             x = h.detach()
     return results
@@ -117,8 +126,9 @@ def stage_step(stage: Stage, models: list[nn.Module], optimizers: list, accelera
                x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One training step of the stage: (loss, logits) of each part."""
     if stage.decoupled:
-        return decoupled_step(stage.prefix, models, optimizers, accelerator, x, y)
-    return [train_step(stage.prefix, models[0], optimizers[0], accelerator, x, y)]
+        return decoupled_step(stage.prefix, models, optimizers, accelerator, x, y, stage.objectives)
+    return [train_step(stage.prefix, models[0], optimizers[0], accelerator, x, y,
+                       stage.objectives[0] if stage.objectives else None)]
 
 
 def stage_logits(stage: Stage, models: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:

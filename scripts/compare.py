@@ -38,6 +38,7 @@ from greedy.checkpoint import RunDir  # noqa: E402
 from greedy.compare import Group, RunSpec  # noqa: E402
 from greedy.config import build_config, config_arguments, load_yaml, make_parser  # noqa: E402
 from greedy.config import overrides_from_args as config_overrides  # noqa: E402
+from greedy.cost import measure_cost, train_size  # noqa: E402
 from greedy.errors import UsageError, run_cli  # noqa: E402
 from greedy.files import write_bytes  # noqa: E402
 from greedy.schema import RESUME_MUTABLE, Config  # noqa: E402
@@ -253,7 +254,7 @@ def groups_of(plan: Plan, n_train: int) -> list[Group]:
     groups = []
     for (mode, k), runs in by_key.items():
         results = [compare.load_result(r.spec, r.path, times.get(r.spec.name)) for r in runs]
-        groups.append(Group(mode, k, results, compare.measure_cost(runs[0].cfg, n_train)))
+        groups.append(Group(mode, k, results, measure_cost(runs[0].cfg, n_train)))
     return groups
 
 
@@ -304,7 +305,7 @@ def report_markdown(plan: Plan, groups: list[Group], rows: list[dict[str, Any]],
 
 
 def write_report(plan: Plan, command: str) -> list[dict[str, Any]]:
-    n_train = compare.train_size(plan.runs[0].cfg)
+    n_train = train_size(plan.runs[0].cfg)
     groups = groups_of(plan, n_train)
     rows = compare.aggregate(groups)
     write_if_changed(plan.folder / "comparison.csv", compare.csv_text(rows))
@@ -334,7 +335,7 @@ def log_to_wandb(plan: Plan, rows: list[dict[str, Any]]) -> None:
 
 def plan_costs(plan: Plan) -> str:
     """What each (mode, k) will cost, before training: FLOPs, images per block, peak activation memory."""
-    n_train = compare.train_size(plan.runs[0].cfg)
+    n_train = train_size(plan.runs[0].cfg)
     lines = [f"{n_train:,} training images", "| mode | k | epochs / block | training FLOPs | images / block | "
              "peak activations MiB |", "|---|---|---|---|---|---|"]
     seen = set()
@@ -342,7 +343,7 @@ def plan_costs(plan: Plan) -> str:
         if (run.spec.mode, run.spec.k) in seen:
             continue
         seen.add((run.spec.mode, run.spec.k))
-        cost = compare.measure_cost(run.cfg, n_train)
+        cost = measure_cost(run.cfg, n_train)
         lines.append(f"| {run.spec.mode} | {run.spec.k} | {cost.epochs} | {cost.train_flops:.3g}"
                      f"{' (cached)' if cost.cached else ''} | {cost.images_per_block:,} | "
                      f"{cost.peak_activation_bytes / 2**20:.1f} |")

@@ -83,6 +83,7 @@ BAD_VALUES = [
     (["--split-points", "2,1"], "config key 'split_points': [2, 1] must be increasing unit indices >= 1"),
     (["--split-points", "1,7"], "config key 'split_points': [1, 7] must be increasing unit indices in 1..2"),
     (["--aux", "conv"], "config key 'aux': 'conv' is not one of cnn, mlp, mlp_sr, linear, vgg"),
+    (["--objective", "predsim"], "config key 'objective': 'predsim' is not one of ce"),
     (["--mixed-precision", "fp8"], "config key 'mixed_precision': 'fp8' is not one of no, bf16, fp16"),
     (["--tracker", "tensorboard"], "config key 'tracker': 'tensorboard' is not one of none, wandb"),
     (["--cache", "maybe"], "config key 'cache': 'maybe' is not one of auto, on, off"),

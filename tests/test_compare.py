@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 
 from greedy import compare
+from greedy import cost as costs
 from greedy.builder import GreedyBuilder
 from greedy.config import build_config, load_yaml
 from greedy.errors import UsageError
@@ -209,7 +210,7 @@ def test_budget_rule():
 def test_cost_matches_the_trainers_steps(mode, one_thread):
     """FLOPs and saved bytes equal FlopCounterMode / saved_tensor_bytes around train_step / decoupled_step."""
     cfg = tiny_config(k=3, mode=mode, cache="off", epochs=1)
-    net, shape, _ = compare._net(cfg, "cpu")
+    net, shape, _ = costs._net(cfg, "cpu")
     x, y = torch.randn(16, *shape), torch.randint(0, 10, (16,))
     accelerator, builder = Accelerator(cpu=True), GreedyBuilder(net, mode)
     weights = [*net.parameters(), *net.buffers()]
@@ -229,15 +230,15 @@ def test_cost_matches_the_trainers_steps(mode, one_thread):
         with FlopCounterMode(display=False) as counter:
             step()
         flops += counter.get_total_flops()
-    cost = compare.measure_cost(cfg, n_train=16)
+    cost = costs.measure_cost(cfg, n_train=16)
     assert cost.train_flops == flops and cost.cache_flops == 0 and not cost.cached
     assert cost.peak_activation_bytes == max(saved)
 
 
 def test_cached_greedy_counts_the_prefix_once(one_thread):
-    uncached = compare.measure_cost(tiny_config(cache="off", epochs=3), n_train=100)
-    cached = compare.measure_cost(tiny_config(cache="on", epochs=3), n_train=100)
-    prefix = [p for p, _ in compare.flops_per_image(tiny_config(), "greedy")]
+    uncached = costs.measure_cost(tiny_config(cache="off", epochs=3), n_train=100)
+    cached = costs.measure_cost(tiny_config(cache="on", epochs=3), n_train=100)
+    prefix = [p for p, _ in costs.flops_per_image(tiny_config(), "greedy")]
     assert cached.cached and cached.cache_flops == prefix[-1] * 100  # blocks 1..J-1, once each
     assert uncached.train_flops - cached.step_flops == pytest.approx(sum(prefix) * 100 * 3)
 
@@ -245,12 +246,12 @@ def test_cached_greedy_counts_the_prefix_once(one_thread):
 def test_activation_bytes_extrapolate_exactly(one_thread):
     """Saved bytes are affine in the batch: the 2 -> 4 extrapolation equals measuring at the full batch."""
     cfg = tiny_config(batch_size=24)
-    net, shape, _ = compare._net(cfg, "cpu")
+    net, shape, _ = costs._net(cfg, "cpu")
     stage = GreedyBuilder(net, "e2e").stage(0)
     x, y = torch.randn(24, *shape), torch.randint(0, 10, (24,))
     direct = saved_tensor_bytes(lambda: F.cross_entropy(stage.trainable(x), y).backward(),
                                 [*net.parameters(), *net.buffers()])
-    assert compare.activation_bytes(cfg, "e2e") == direct
+    assert costs.activation_bytes(cfg, "e2e") == direct
 
 
 def test_time_curve_adds_up_the_stages():
