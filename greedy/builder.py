@@ -12,7 +12,8 @@ from greedy.objectives import LocalObjective, ModuleSpec, create_objective
 
 
 class BlockWithHead(nn.Module):
-    """Block j and its auxiliary head as one trainable part (decoupled mode): returns (block output, logits)."""
+    """Block j and its auxiliary head as one trainable part (decoupled mode): returns (block output, logits).
+    (Its children are named block and head, as decoupled states have always been saved.)"""
 
     def __init__(self, block: nn.Module, head: nn.Module):
         super().__init__()
@@ -24,9 +25,22 @@ class BlockWithHead(nn.Module):
         return h, self.head(h)
 
 
+class BlocksThenHead(nn.Sequential):
+    """Block(s) then a head as one trainable part (a greedy stage: block j and head j; e2e: every block and the
+    last head): returns (the last block's output, logits), the output for the local objective. The children are
+    numbered as in nn.Sequential (blocks 0..n-2, the head n-1), so saved weights and states keep their names."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        *blocks, head = self
+        for block in blocks:
+            x = block(x)
+        return x, head(x)
+
+
 @dataclass
 class Stage:
-    """One training problem: `trainable(prefix(x))` is fit to the labels; `prefix` stays frozen.
+    """One training problem: `trainable(prefix(x))` (block output, logits) is fit to the labels by the local
+    objective; `prefix` stays frozen.
 
     In decoupled mode `trainable` is a ModuleList of BlockWithHead parts, each fit on its predecessor's
     detached output. `objectives` holds the local objective of each part (empty: cross-entropy).
@@ -95,13 +109,13 @@ class GreedyBuilder:
         net = self.net
         last = net.num_stages - 1
         if self.mode == "e2e":
-            trainable = nn.Sequential(*net.blocks, net.heads[last])
+            trainable = BlocksThenHead(*net.blocks, net.heads[last])
             stage = Stage(last, "e2e", freeze_prefix(net, 0), trainable, [self.objectives[last]])
         elif self.mode == "decoupled":
             parts = nn.ModuleList(BlockWithHead(b, h) for b, h in zip(net.blocks, net.heads, strict=True))
             stage = Stage(last, "decoupled", freeze_prefix(net, 0), parts, list(self.objectives))
         else:
-            stage = Stage(i, f"stage{i + 1}", freeze_prefix(net, i), nn.Sequential(net.blocks[i], net.heads[i]),
+            stage = Stage(i, f"stage{i + 1}", freeze_prefix(net, i), BlocksThenHead(net.blocks[i], net.heads[i]),
                           [self.objectives[i]])
         stage.trainable.requires_grad_(True)
         return stage

@@ -135,7 +135,7 @@ def stage_logits(stage: Stage, models: list[nn.Module], x: torch.Tensor) -> list
     """The logits of each part on prefix(x) (decoupled: the parts chained block to block)."""
     x = stage.prefix(x)
     if not stage.decoupled:
-        return [models[0](x)]
+        return [models[0](x)[1]]
     logits = []
     for model in models:
         x, out = model(x)

@@ -72,6 +72,37 @@ def test_the_trainer_minimises_the_objectives_terms():
     assert not same(ce_weights, sm_weights)
 
 
+class Recorder(LocalObjective):
+    """Cross-entropy that records the shape of the module output it is given."""
+
+    def __init__(self, spec=None):
+        super().__init__(spec)
+        self.shapes = []
+
+    def forward(self, h, logits, y, x=None):
+        self.shapes.append(tuple(h.shape[1:]))
+        return {"ce": F.cross_entropy(logits, y)}
+
+
+def test_every_mode_hands_the_objective_the_module_output():
+    """The objective of block j sees block j's output (e2e: the last block's), whatever the mode."""
+    x, y = batch()
+    accelerator = Accelerator(cpu=True)
+    shapes = [tuple(out) for _, out in net().module_shapes(1, 8)]  # (input, output) shape of every block
+    for mode in ("greedy", "e2e", "decoupled"):
+        builder = GreedyBuilder(net(), mode)
+        for i in range(builder.num_stages):
+            stage = builder.stage(i)
+            recorders = [Recorder() for _ in stage.parts]
+            optimizers = [torch.optim.SGD(p.parameters(), lr=0.0) for p in stage.parts]
+            if stage.decoupled:
+                decoupled_step(stage.prefix, stage.parts, optimizers, accelerator, x, y, recorders)
+            else:
+                train_step(stage.prefix, stage.trainable, optimizers[0], accelerator, x, y, recorders[0])
+            blocks = range(3) if stage.decoupled else [stage.index]
+            assert [r.shapes for r in recorders] == [[shapes[j]] for j in blocks], (mode, i)
+
+
 def test_decoupled_parts_each_get_their_own_objective():
     x, y = batch()
     accelerator = Accelerator(cpu=True)

@@ -6,7 +6,6 @@ Uses matplotlib's object API with the Agg canvas only: no pyplot, no display, no
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 from PIL import Image
 
 from greedy.files import atomic_write
@@ -24,7 +23,7 @@ DPI = 110
 Run = dict[str, Any]  # one entry of analysis["runs"]: label, results, ...
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_png(fig: Figure, path: Path) -> None:
     """Write the figure as a 256-colour palette PNG (a third of the RGBA size, same look for line plots)."""
     buf = io.BytesIO()
     fig.savefig(buf, dpi=DPI, format="png", facecolor="white")
@@ -33,7 +32,7 @@ def _save(fig: Figure, path: Path) -> None:
     atomic_write(path, lambda p: image.save(p, format="PNG", optimize=True))
 
 
-def _num(value: Any) -> float:
+def number(value: Any) -> float:
     """A JSON number (None for non-finite) as a float, nan for None."""
     return float("nan") if value is None else float(value)
 
@@ -53,7 +52,7 @@ def _series(run: Run, family: str, key: str, kinds: tuple[str, ...]) -> tuple[np
     hidden = _hidden_index(run["results"])
     rows = [e for e in run["results"][family]["layers"] if e["kind"] in kinds]
     xs = [_x({**e, "hidden": hidden.get(e["layer"], 0)}) for e in rows]
-    return np.array(xs, dtype=float), np.array([_num(e.get(key)) for e in rows])
+    return np.array(xs, dtype=float), np.array([number(e.get(key)) for e in rows])
 
 
 def _depth_plot(ax: Axes, runs: list[Run], family: str, key: str, label: str = "", style: str = "-",
@@ -89,7 +88,7 @@ def _log_axis(ax: Axes, axis: str = "y", ticks: list[float] | None = None) -> No
     target.set_minor_formatter(NullFormatter())
 
 
-def _figure(ncols: int, title: str, width: float = 4.6, height: float = 3.6) -> tuple[Figure, list[Axes]]:
+def figure(ncols: int, title: str, width: float = 4.6, height: float = 3.6) -> tuple[Figure, list[Axes]]:
     """A one-row figure with a suptitle."""
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0].tolist()
@@ -100,7 +99,7 @@ def _figure(ncols: int, title: str, width: float = 4.6, height: float = 3.6) -> 
 def plot_probes(runs: list[Run], path: Path) -> None:
     """Linear-probe (train and test) and kNN accuracy by depth."""
     fams = [f for f in ("linear", "knn") if f in runs[0]["results"]]
-    fig, axes = _figure(len(fams), "Probe accuracy by depth (test subset)")
+    fig, axes = figure(len(fams), "Probe accuracy by depth (test subset)")
     for ax, fam in zip(axes, fams, strict=True):
         if fam == "linear":
             _depth_plot(ax, runs, "linear", "test_acc", " test")
@@ -110,19 +109,19 @@ def plot_probes(runs: list[Run], path: Path) -> None:
         else:
             _depth_plot(ax, runs, "knn", "test_acc")
             _depth_axis(ax, runs, fam, "accuracy", f"k-NN probe (k={runs[0]['results']['knn']['settings']['knn_k']})")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_clustering(runs: list[Run], path: Path) -> None:
     """Tr(S_W)/Tr(S_B), NC1 and silhouette by depth."""
-    fig, axes = _figure(3, "Class clustering by depth (test subset)")
+    fig, axes = figure(3, "Class clustering by depth (test subset)")
     for ax, key, ylabel in ((axes[0], "ratio", "Tr(S_W) / Tr(S_B)"), (axes[1], "nc1", "NC1"),
                             (axes[2], "silhouette", "silhouette")):
         _depth_plot(ax, runs, "clustering", key)
         _depth_axis(ax, runs, "clustering", ylabel, {"ratio": "within / between scatter (lower: tighter)",
                                                      "nc1": "neural collapse NC1 (lower: more collapsed)",
                                                      "silhouette": "silhouette (higher: better separated)"}[key])
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_information(runs: list[Run], path: Path) -> None:
@@ -130,7 +129,7 @@ def plot_information(runs: list[Run], path: Path) -> None:
     res = runs[0]["results"]
     have = [f for f in ("information", "binned_entropy") if f in res]
     plane = "information" in res and "linear" in res
-    fig, axes = _figure(len(have) + plane, "Information by depth")
+    fig, axes = figure(len(have) + plane, "Information by depth")
     for ax, fam in zip(axes, have, strict=False):
         key = "mi_nats" if fam == "information" else "h_bin"
         _depth_plot(ax, runs, fam, key)
@@ -144,7 +143,7 @@ def plot_information(runs: list[Run], path: Path) -> None:
         _depth_axis(ax, runs, fam, "nats", title)
     if plane:
         _information_plane(axes[-1], runs)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _error_bars(ax: Axes, runs: list[Run]) -> None:
@@ -188,26 +187,26 @@ def _heatmap(fig: Figure, ax: Axes, matrix: np.ndarray, rows: list[str], cols: l
 
 def plot_cka(runs: list[Run], path: Path) -> None:
     """Linear CKA between every pair of layers, one heatmap per run."""
-    fig, axes = _figure(len(runs), "Linear CKA between layers (test subset)", width=5.0, height=4.4)
+    fig, axes = figure(len(runs), "Linear CKA between layers (test subset)", width=5.0, height=4.4)
     for ax, run in zip(axes, runs, strict=True):
         cka = run["results"]["cka"]
-        m = np.array([[_num(v) for v in row] for row in cka["matrix"]])
+        m = np.array([[number(v) for v in row] for row in cka["matrix"]])
         _heatmap(fig, ax, m, cka["names"], cka["names"], run["label"])
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_cka_compare(runs: list[Run], compare: dict[str, Any], path: Path) -> None:
     """Linear CKA between the layers of run A (rows) and run B (columns)."""
-    fig, axes = _figure(1, "Linear CKA, run A vs run B (same test inputs)", width=5.6, height=4.8)
-    m = np.array([[_num(v) for v in row] for row in compare["matrix"]])
+    fig, axes = figure(1, "Linear CKA, run A vs run B (same test inputs)", width=5.6, height=4.8)
+    m = np.array([[number(v) for v in row] for row in compare["matrix"]])
     _heatmap(fig, axes[0], m, [f"A {n}" for n in compare["names_a"]], [f"B {n}" for n in compare["names_b"]],
              f"A = {runs[0]['label']}\nB = {runs[1]['label']}")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_noise(runs: list[Run], path: Path) -> None:
     """Test error under Gaussian input noise, and the implied distance to the error set, against sigma."""
-    fig, axes = _figure(2, "Gaussian input noise (Ford et al. 2019)")
+    fig, axes = figure(2, "Gaussian input noise (Ford et al. 2019)")
     for color, run in zip(COLORS, runs, strict=False):
         noise = run["results"]["noise"]
         sig = np.array(noise["sigmas"], dtype=float)
@@ -215,9 +214,9 @@ def plot_noise(runs: list[Run], path: Path) -> None:
             style = "-" if model["model"] == "final" else (":", "-.", "--")[i % 3]
             label = f"{run['label']} {model['model']}"
             axes[0].plot(sig, model["mean_error"], style, marker="o", color=color, label=label)
-            axes[1].plot(sig, [_num(v) for v in model["distance_from_mean_error"]], style, marker="o", color=color,
+            axes[1].plot(sig, [number(v) for v in model["distance_from_mean_error"]], style, marker="o", color=color,
                          label=f"{label}: from mean error")
-            axes[1].plot(sig, [_num(v) for v in model["median_distance"]], style, marker="s", color=color,
+            axes[1].plot(sig, [number(v) for v in model["median_distance"]], style, marker="s", color=color,
                          alpha=0.5, label=f"{label}: median per point")
     axes[0].set_ylabel("test error on x + N(0, sigma^2 I)")
     axes[0].set_title("error in noise", fontsize=10)
@@ -229,13 +228,13 @@ def plot_noise(runs: list[Run], path: Path) -> None:
         ax.set_xlabel("sigma (input units)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_spectrum(runs: list[Run], path: Path) -> None:
     """Power-law alpha of every conv/linear layer; hollow: too few eigenvalues; x: untrained head."""
     names = list(dict.fromkeys(e["layer"] for run in runs for e in run["results"]["spectrum"]["layers"]))
-    fig, axes = _figure(1, "Heavy-tailed weight spectra (Martin & Mahoney)", width=max(6.0, 0.8 * len(names)))
+    fig, axes = figure(1, "Heavy-tailed weight spectra (Martin & Mahoney)", width=max(6.0, 0.8 * len(names)))
     ax = axes[0]
     ax.axhspan(2.0, 6.0, color="green", alpha=0.08, label="2 < alpha < 6")
     offsets = np.linspace(-0.12, 0.12, len(runs)) if len(runs) > 1 else [0.0]
@@ -257,12 +256,12 @@ def plot_spectrum(runs: list[Run], path: Path) -> None:
     ax.set_ylabel("alpha")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_regions(runs: list[Run], path: Path) -> None:
     """Linear regions per unit length per neuron, and the mean distance to the nearest boundary, by depth."""
-    fig, axes = _figure(3, "Linear regions along segments from test inputs (Hanin & Rolnick 2019)")
+    fig, axes = figure(3, "Linear regions along segments from test inputs (Hanin & Rolnick 2019)")
     for ax, key, ylabel in ((axes[0], "regions_per_length", "regions per unit length"),
                             (axes[1], "regions_per_length_per_neuron", "regions / length / neuron"),
                             (axes[2], "mean_boundary_distance", "mean distance to nearest boundary")):
@@ -270,7 +269,7 @@ def plot_regions(runs: list[Run], path: Path) -> None:
         _depth_axis(ax, runs, "regions", ylabel)
     axes[1].set_ylim(bottom=0)
     axes[2].set_ylim(bottom=0)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _init_and_trained(ax: Axes, runs: list[Run], family: str, key: str, label: str = "") -> None:
@@ -282,7 +281,7 @@ def _init_and_trained(ax: Axes, runs: list[Run], family: str, key: str, label: s
 
 def plot_moments(runs: list[Run], path: Path) -> None:
     """Normalized sensitivity chi, and effective ranks of the signal and the noise, by depth; init dotted."""
-    fig, axes = _figure(3, "Signal and noise moments by depth (Labatie 2019); dotted: at initialization")
+    fig, axes = figure(3, "Signal and noise moments by depth (Labatie 2019); dotted: at initialization")
     _init_and_trained(axes[0], runs, "moments", "chi")
     axes[0].axhline(1.0, color="gray", linestyle="--", linewidth=1)
     _depth_axis(axes[0], runs, "moments", "chi", "normalized sensitivity chi (> 1: noise grows vs signal)")
@@ -292,12 +291,12 @@ def plot_moments(runs: list[Run], path: Path) -> None:
         ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
         _depth_axis(ax, runs, "moments", "Tr C / lambda_max", f"effective rank of the {what} (1: one-dimensional)")
         _log_axis(ax)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_chaos(runs: list[Run], path: Path) -> None:
     """Pair correlations by depth against the mean-field map, and the layers on the edge-of-chaos plane."""
-    fig, axes = _figure(2, "Signal propagation and the edge of chaos (Poole et al. 2016, Hayou et al. 2019)")
+    fig, axes = figure(2, "Signal propagation and the edge of chaos (Poole et al. 2016, Hayou et al. 2019)")
     ax = axes[0]
     _init_and_trained(ax, runs, "chaos", "c", " measured")
     for color, run in zip(COLORS, runs, strict=False):
@@ -311,7 +310,7 @@ def plot_chaos(runs: list[Run], path: Path) -> None:
     ax = axes[1]
     eoc = {name: c for run in runs for name, c in run["results"]["chaos"]["eoc"].items()}
     for style, (name, curve) in zip(("-", "--", "-.", ":"), eoc.items(), strict=False):
-        sw = np.array([_num(v) for v in curve["sigma_w"]])
+        sw = np.array([number(v) for v in curve["sigma_w"]])
         ax.plot(curve["sigma_b"], sw, style, color="k", label=f"EOC {name}")
         if np.isfinite(sw).sum() == 1:  # a single point (ReLU, linear: sigma_b = 0 only)
             ax.plot(np.array(curve["sigma_b"])[np.isfinite(sw)], sw[np.isfinite(sw)], "*", color="k", markersize=12)
@@ -332,24 +331,24 @@ def plot_chaos(runs: list[Run], path: Path) -> None:
     ax.set_title("edge of chaos (chi_1 = 1); points: blocks (numbers: depth)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_anisotropy(runs: list[Run], path: Path) -> None:
     """Tr(H Sigma) and its isotropic equivalent per trained stage and for the whole net, and their ratio."""
     views = list(dict.fromkeys(e["layer"] for run in runs for e in run["results"]["anisotropy"]["layers"]))
-    fig, axes = _figure(2, "SGD noise vs curvature (Zhu et al. 2019)", width=max(4.6, 1.0 * len(views) + 1.5))
+    fig, axes = figure(2, "SGD noise vs curvature (Zhu et al. 2019)", width=max(4.6, 1.0 * len(views) + 1.5))
     offsets = np.linspace(-0.1, 0.1, len(runs)) if len(runs) > 1 else [0.0]
     for color, run, off in zip(COLORS, runs, offsets, strict=False):
         rows = run["results"]["anisotropy"]["layers"]
         xs = np.array([views.index(e["layer"]) for e in rows], dtype=float) + off
-        axes[0].plot(xs, [_num(e["tr_h_sigma"]) for e in rows], "o", color=color,
+        axes[0].plot(xs, [number(e["tr_h_sigma"]) for e in rows], "o", color=color,
                      label=f"{run['label']}: Tr(H Sigma), top-{rows[0]['rank']}")
-        axes[0].plot(xs, [_num(e["tr_h_sigma_iso"]) for e in rows], "s", color=color, markerfacecolor="none",
+        axes[0].plot(xs, [number(e["tr_h_sigma_iso"]) for e in rows], "s", color=color, markerfacecolor="none",
                      label=f"{run['label']}: Tr(H) Tr(Sigma) / D")
-        axes[1].plot(xs, [_num(e["ratio"]) for e in rows], "o", color=color, label=run["label"])
+        axes[1].plot(xs, [number(e["ratio"]) for e in rows], "o", color=color, label=run["label"])
         for xv, e in zip(xs, rows, strict=True):
-            axes[1].annotate(f"{_num(e['top_fraction']):.0%}", (xv, _num(e["ratio"])), textcoords="offset points",
+            axes[1].annotate(f"{number(e['top_fraction']):.0%}", (xv, number(e["ratio"])), textcoords="offset points",
                              xytext=(5, -3), fontsize=7, color=color)
     axes[1].axhline(1.0, color="gray", linestyle="--", linewidth=1, label="isotropic noise")
     axes[0].set_title("indicator and its isotropic equivalent", fontsize=10)
@@ -364,27 +363,27 @@ def plot_anisotropy(runs: list[Run], path: Path) -> None:
         ax.set_xlabel("trained problem (net: all blocks + final head)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_connectivity(runs: list[Run], path: Path) -> None:
     """Train loss and test accuracy along the straight line from run A to run B, one curve per head."""
     conn = runs[0]["results"]["connectivity"]
     other = runs[1]["label"] if len(runs) > 1 else "B"
-    fig, axes = _figure(2, f"Linear path: alpha 0 = {runs[0]['label']}, alpha 1 = {other}")
+    fig, axes = figure(2, f"Linear path: alpha 0 = {runs[0]['label']}, alpha 1 = {other}")
     alphas = np.array(conn["alphas"], dtype=float)
     for i, p in enumerate(conn["paths"]):
         final = p["model"] == "final"
         style = {"color": "k" if final else f"C{i}", "linestyle": "-" if final else "--", "marker": "o",
                  "markersize": 4, "linewidth": 2 if final else 1}
-        loss, acc = [_num(v) for v in p["train_loss"]], [_num(v) for v in p["test_acc"]]
-        axes[0].plot(alphas, loss, label=f"{p['model']} (barrier {_num(p['train_loss_barrier']):.3g})", **style)
-        axes[1].plot(alphas, acc, label=f"{p['model']} (error barrier {_num(p['test_error_barrier']):.3g})",
+        loss, acc = [number(v) for v in p["train_loss"]], [number(v) for v in p["test_acc"]]
+        axes[0].plot(alphas, loss, label=f"{p['model']} (barrier {number(p['train_loss_barrier']):.3g})", **style)
+        axes[1].plot(alphas, acc, label=f"{p['model']} (error barrier {number(p['test_error_barrier']):.3g})",
                      **style)
         if final:
             axes[0].plot(alphas[[0, -1]], [loss[0], loss[-1]], ":", color="gray", label="chord (final)")
             for ax, key in ((axes[0], "stored_bn_train_loss"), (axes[1], "stored_bn_test_acc")):
-                ends = ", ".join(f"{_num(v):.3g}" for v in p[key])  # often far off the path: legend only
+                ends = ", ".join(f"{number(v):.3g}" for v in p[key])  # often far off the path: legend only
                 ax.plot([], [], " ", label=f"final at alpha 0, 1 with stored BatchNorm statistics: {ends}")
     bn = "BatchNorm statistics recomputed at every point" if conn["bn_recomputed"] else "no BatchNorm"
     axes[0].set_title(f"train loss (train subset; {bn})", fontsize=9)
@@ -395,7 +394,7 @@ def plot_connectivity(runs: list[Run], path: Path) -> None:
         ax.set_xlabel("alpha")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 PLOTS: dict[str, tuple[tuple[str, ...], Callable[[list[Run], Path], None]]] = {
@@ -427,83 +426,3 @@ def make_plots(analysis: dict[str, Any], out_dir: Path) -> list[Path]:
         plot_cka_compare(runs, compare, out_dir / "cka_compare.png")
         written.append(out_dir / "cka_compare.png")
     return written
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# probes recorded during training (metrics.jsonl records of kind "probe", greedy/analysis/during.py)
-
-# probe -> (file, figure title, panels: (record key, y label, panel title, key of its standard error or None))
-TRAJECTORIES: dict[str, tuple[str, str, list[tuple[str, str, str, str | None]]]] = {
-    "linear": ("during_linear.png", "Linear probe during training (test subset; dotted: train subset)",
-               [("linear_test_acc", "accuracy", "logistic regression on the block output", None)]),
-    "knn": ("during_knn.png", "k-NN probe during training (test subset)",
-            [("knn_test_acc", "accuracy", "k-NN (cosine) on the block output", None)]),
-    "clustering": ("during_clustering.png", "Class clustering during training (test subset)",
-                   [("nc1", "NC1", "neural collapse NC1 (lower: more collapsed)", None),
-                    ("scatter_ratio", "Tr(S_W) / Tr(S_B)", "within / between scatter (lower: tighter)", None),
-                    ("silhouette", "silhouette", "silhouette (higher: better separated)", None)]),
-    "binned_entropy": ("during_binned_entropy.png", "H(Bin(T)) during training (deterministic net)",
-                       [("h_bin", "nats", "H(Bin(T_l)) of the PCA readout", None)]),
-    "information": ("during_information.png", "I(X;T_l) in the noisy network during training (SP estimate)",
-                    [("mi_xt", "nats", "I(X;T_l) (band: Monte-Carlo standard error)", "mi_xt_stderr")]),
-}
-EPOCH_LABEL = "epoch of the stage training the block (greedy: stage j trains block j; e2e, decoupled: all blocks)"
-
-
-def plot_trajectories(runs: list[tuple[str, list[dict[str, Any]]]], out_dir: Path) -> list[Path]:
-    """One PNG per probe recorded during training: its values against the epoch, one curve per (run, block).
-
-    `runs`: (label, probe records) per run; colours are blocks, line styles runs (solid: the first, dashed: the
-    second), so a greedy run and its e2e twin share every figure. x is the epoch within the stage the block was
-    trained in (greedy stage j trains block j; e2e and decoupled train every block in every epoch). Returns the
-    paths written.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = [r for _, rs in runs for r in rs]
-    written = []
-    for name, title, panels in TRAJECTORIES.values():
-        panels = [p for p in panels if any(p[0] in r for r in records)]
-        if not panels:
-            continue
-        fig, axes = _figure(len(panels), title, width=4.6 if len(panels) > 1 else 6.4, height=4.0)
-        fig.supxlabel(EPOCH_LABEL, fontsize=8)
-        for ax, (key, ylabel, panel_title, err_key) in zip(axes, panels, strict=True):
-            for style, (label, rs) in zip(("-", "--", ":", "-."), runs, strict=False):
-                _trajectory(ax, label, rs, key, err_key, style)
-                if key == "linear_test_acc":
-                    _trajectory(ax, label, rs, "linear_train_acc", None, ":", legend=False)
-            if key == "mi_xt":
-                top = max((math.log(r["mi_xt_n"]) for r in records if r.get("mi_xt_n")), default=None)
-                if top is not None:
-                    ax.axhline(top, color="gray", linestyle="--", linewidth=1, label="ln n (max)")
-                beta = next((r["beta"] for r in records if "beta" in r), None)
-                panel_title += f", beta={beta}" if beta is not None else ""
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(ylabel)
-            ax.set_title(panel_title, fontsize=10)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            if ax is axes[0]:  # the same curves in every panel: one legend
-                ax.legend(fontsize=7)
-        _save(fig, out_dir / name)
-        written.append(out_dir / name)
-    return written
-
-
-def _trajectory(ax: Axes, label: str, records: list[dict[str, Any]], key: str, err_key: str | None, style: str,
-                legend: bool = True) -> None:
-    """One curve per (stage, layer) of one run: `key` against the epoch; a band of +-`err_key` if given."""
-    curves: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in records:
-        if key in r:
-            curves.setdefault((r["stage_name"], r["layer"]), []).append(r)
-    for (stage, layer), rs in curves.items():
-        color = f"C{(int(layer.removeprefix('block')) - 1) % 10}" if layer.startswith("block") else "k"
-        xs = np.array([r["epoch"] for r in rs], dtype=float)
-        ys = np.array([_num(r[key]) for r in rs])
-        where = layer if stage in (layer, f"stage{layer.removeprefix('block')}") else f"{layer}, {stage}"
-        ax.plot(xs, ys, style, marker="o" if style != ":" else None, markersize=3, color=color,
-                label=f"{label}: {where}" if legend else None)
-        if err_key is not None:
-            err = np.array([_num(r.get(err_key)) for r in rs])
-            ax.fill_between(xs, ys - err, ys + err, color=color, alpha=0.2, linewidth=0)

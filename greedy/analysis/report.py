@@ -26,8 +26,9 @@ import torch
 from accelerate.utils import set_seed
 
 from greedy.analysis.context import AnalysisSettings
-from greedy.analysis.plots import make_plots, plot_trajectories
+from greedy.analysis.plots import make_plots
 from greedy.analysis.runner import AT_INIT, FAMILIES, PAIRWISE, compare_cka, run_analysis
+from greedy.analysis.trajectory_plots import plot_trajectories
 from greedy.checkpoint import RunDir
 from greedy.datasets import DataBundle
 from greedy.errors import UsageError

@@ -38,6 +38,10 @@ class LocalObjective(nn.Module):
     Subclasses implement `forward(h, logits, y, x)` -> {term name: scalar loss tensor}: `h` the module's output
     (N x C x H x W), `logits` its auxiliary net's output (N x classes), `y` the labels (N, int64), `x` the net's
     input images (N x C_in x H_in x W_in, normalized) when `needs_input` is set, else None.
+
+    Every mode passes `h` (a part returns (block output, logits); e2e: the last block's output). Today the trainer
+    passes no `x` and optimizes no parameters of the objective itself: `ce` needs neither; the objectives with
+    modules of their own (PredSim, InfoPro) come with them.
     """
 
     needs_input: ClassVar[bool] = False  # whether forward reads the input images x

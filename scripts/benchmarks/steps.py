@@ -54,7 +54,7 @@ class BareStep:
             with torch.set_grad_enabled(self.graph_prefix), self.autocast():
                 x = self.prefix(x).detach()
         with self.autocast():
-            loss = F.cross_entropy(self.model(x), y)
+            loss = F.cross_entropy(self.model(x)[1], y)  # a part returns (block output, logits)
         if self.scaler is None:
             loss.backward()
             self.optimizer.step()
