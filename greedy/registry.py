@@ -36,19 +36,21 @@ class Registry(Generic[T]):
         self.key, self.what = key, what
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str, entry: T | None = None) -> Callable[[T], T]:
-        """Register `entry` under `name`; without `entry`, a decorator that registers what it decorates.
+    def register(self, name: str) -> Callable[[T], T]:
+        """A decorator that registers what it decorates under `name` and returns it unchanged (see `add`)."""
+        def decorate(obj: T) -> T:
+            return self.add(name, obj)
+        return decorate
+
+    def add(self, name: str, entry: T) -> T:
+        """Register `entry` under `name` and return it.
 
         Raises ValueError when `name` is taken (two implementations must not claim one config value).
         """
-        def add(obj: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.what} '{name}' is registered twice")
-            self._entries[name] = obj
-            return obj
-        if entry is not None:
-            add(entry)
-        return add
+        if name in self._entries:
+            raise ValueError(f"{self.what} '{name}' is registered twice")
+        self._entries[name] = entry
+        return entry
 
     def names(self) -> tuple[str, ...]:
         """The registered names, in registration order."""

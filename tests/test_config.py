@@ -91,9 +91,9 @@ def test_registry_refuses_a_name_twice():
     from greedy.registry import Registry
 
     reg: Registry[int] = Registry("objective", "local objective")
-    reg.register("ce", 1)
+    assert reg.add("ce", 1) == 1 and reg.register("two")(2) == 2  # both hand back what they registered
     with pytest.raises(ValueError, match="registered twice"):
-        reg.register("ce", 2)
+        reg.add("ce", 3)
     with pytest.raises(UsageError, match=r"config key 'objective': 'cee' is not one of ce"):
         reg.get("cee")
-    assert reg.suggest("cee") == "did you mean 'ce'? " and reg.get("ce") == 1
+    assert reg.suggest("cee") == "did you mean 'ce'? " and reg.get("ce") == 1 and reg.names() == ("ce", "two")

@@ -140,6 +140,6 @@ def family(name: str, *, during: dict[str, str] | None = None, pairwise: bool = 
     """Register the decorated function as probe family `name` (evaluate.py --analysis NAME; with `during`, also
     config key `probes` during training). Raises ValueError when the name is taken."""
     def register(fn: Callable[[Context], dict[str, Any]]) -> Callable[[Context], dict[str, Any]]:
-        PROBES.register(name, ProbeFamily(name, fn, during, pairwise, at_init))
+        PROBES.add(name, ProbeFamily(name, fn, during, pairwise, at_init))
         return fn
     return register

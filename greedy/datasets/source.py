@@ -70,7 +70,7 @@ class DataSource:
 
 def register_dataset(name: str, source: DataSource) -> DataSource:
     """Make `source` available as `dataset: name` (config, --help, the factory)."""
-    return DATASETS.register(name, source)
+    return DATASETS.add(name, source)
 
 
 def data_source(name: str) -> DataSource:
