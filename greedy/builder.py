@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -43,14 +43,14 @@ class Stage:
     objective; `prefix` stays frozen.
 
     In decoupled mode `trainable` is a ModuleList of BlockWithHead parts, each fit on its predecessor's
-    detached output. `objectives` holds the local objective of each part (empty: cross-entropy).
+    detached output. `objectives` holds the local objective of each part.
     """
 
     index: int  # 0-based; the e2e and decoupled stages carry the last block's index
     name: str  # stage1, stage2, ... or e2e or decoupled
     prefix: nn.Module
     trainable: nn.Module
-    objectives: list[LocalObjective] = field(default_factory=list)
+    objectives: list[LocalObjective]  # one per part
 
     @property
     def decoupled(self) -> bool:

@@ -16,7 +16,7 @@ from timm.optim import list_optimizers
 
 from greedy.errors import UsageError
 from greedy.optim import make_optimizer, make_scheduler
-from greedy.registry import DATASETS
+from greedy.registry import DATASETS, check_choice, did_you_mean
 from greedy.schema import FIELDS, GROUPS, Config, choices
 
 _TYPES = typing.get_type_hints(Config)
@@ -134,11 +134,6 @@ def build_config(values: dict[str, Any], check_data: bool = True) -> Config:
     return cfg
 
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UsageError(f"config key '{key}': {value!r} is not one of {', '.join(choices)}")
-
-
 def _range(key: str, value: float | int | None, low: float, high: float = math.inf, *, open_low: bool = False,
            open_high: bool = False) -> None:
     """Refuse a value outside [low, high] (or the open ends asked for), NaN and infinities included."""
@@ -201,7 +196,7 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     for key in FIELDS:
         allowed = choices(key)
         if allowed is not None and typing.get_origin(_TYPES[key]) is not list:  # probes: _check_probes
-            _choice(key, getattr(cfg, key), allowed)
+            check_choice(key, getattr(cfg, key), allowed)
     for key, (low, high, open_low, open_high) in RANGES.items():
         _range(key, getattr(cfg, key), low, high, open_low=open_low, open_high=open_high)
     _check_name("name", cfg.name, "run directory name")
@@ -300,9 +295,8 @@ def _check_probes(cfg: Config) -> None:
     during = choices("probes")  # the families that can probe during training
     for name in cfg.probes:
         if name not in during:
-            close = difflib.get_close_matches(name, during, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise UsageError(f"config key 'probes': {name!r} is not a probe during training; {hint}choose from "
+            raise UsageError(f"config key 'probes': {name!r} is not a probe during training; "
+                             f"{did_you_mean(name, during)}choose from "
                              f"{', '.join(during)}")
     if cfg.probe_every and not cfg.probes:
         raise UsageError(f"config key 'probes': empty while probe_every is {cfg.probe_every}; name at least one "
@@ -354,9 +348,8 @@ def _metavar(key: str) -> str:
     return {int: "N", float: "X"}.get(tp, "NAME")
 
 
-def _help(key: str) -> str:
-    """The key's line of `--help`: its meaning from the schema and its default."""
-    default = Config().to_dict()[key]
+def _help(key: str, default: Any) -> str:
+    """The key's line of `--help`: its meaning from the schema and its `default`."""
     if isinstance(default, list):
         shown = ",".join(map(str, default)) or "empty"
     else:
@@ -369,11 +362,13 @@ def config_arguments(parser: argparse.ArgumentParser) -> None:
     default and its choices (defaults None here: only what is given overrides the YAML file)."""
     usage = parser.format_usage().removeprefix("usage: ").strip()
     parser.usage = f"{usage} [--KEY VALUE ...]"
+    defaults = Config().to_dict()
     groups = {title: parser.add_argument_group(f"{title} (config keys; flags override the YAML file)")
               for title in GROUPS}
     for name, f in FIELDS.items():
         tp, _ = _base_type(_TYPES[name])
-        kwargs: dict[str, Any] = {"default": None, "dest": name, "metavar": _metavar(name), "help": _help(name)}
+        kwargs: dict[str, Any] = {"default": None, "dest": name, "metavar": _metavar(name),
+                                  "help": _help(name, defaults[name])}
         if tp is bool:  # `--wandb`-style bare flags mean true
             kwargs.update(nargs="?", const="true")
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])

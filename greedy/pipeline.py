@@ -388,8 +388,7 @@ class Pipeline:
         for x, y in self.batches(loader, prefix):
             losses = torch.zeros(n, device=self.device)
             for j, model, optimizer in zip(mine, models, optimizers, strict=True):
-                loss, logits, h = _fit(model, optimizer, self.accelerator, x, y,
-                                       stage.objectives[j] if stage.objectives else None)
+                loss, logits, h = _fit(model, optimizer, self.accelerator, x, y, stage.objectives[j])
                 losses[j] = loss.detach().float()
                 sums[1, j] += accuracy_counts(logits.detach(), y)
                 x = h.detach()

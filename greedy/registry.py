@@ -18,12 +18,26 @@ registry it belongs to); the config accepts the name, `train.py --help` lists it
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from greedy.errors import UsageError
 
 T = TypeVar("T")
+
+
+def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
+    """Raise UsageError "config key 'KEY': 'VALUE' is not one of A, B, ..." unless `value` is among `choices`: the
+    one wording of every refused choice, registered or fixed."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise UsageError(f"config key '{key}': {value!r} is not one of {', '.join(choices)}")
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """"did you mean 'X'? " for the choice nearest to `name`, or "" when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
 
 
 class Registry(Generic[T]):
@@ -61,16 +75,9 @@ class Registry(Generic[T]):
         self.check(name)
         return self._entries[name]
 
-    def check(self, name: str, extra: tuple[str, ...] = ()) -> None:
-        """Raise UsageError "config key 'KEY': 'NAME' is not one of ..." unless `name` is registered or in `extra`."""
-        choices = (*extra, *self._entries)
-        if name not in choices:
-            raise UsageError(f"config key '{self.key}': {name!r} is not one of {', '.join(choices)}")
-
-    def suggest(self, name: str) -> str:
-        """"did you mean 'X'? " for the nearest registered name, or "" when none is close."""
-        close = difflib.get_close_matches(name, self._entries, n=1)
-        return f"did you mean '{close[0]}'? " if close else ""
+    def check(self, name: str) -> None:
+        """Raise UsageError (`check_choice`'s line) unless `name` is registered."""
+        check_choice(self.key, name, self.names())
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -115,8 +115,8 @@ def decoupled_step(prefix: nn.Module, models: list[nn.Module], optimizers: list,
     with accelerator.accumulate(*models):
         with torch.no_grad(), accelerator.autocast():
             x = prefix(x)
-        for j, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
-            loss, logits, h = _fit(model, optimizer, accelerator, x, y, objectives[j] if objectives else None)
+        for model, optimizer, objective in zip(models, optimizers, objectives or [None] * len(models), strict=True):
+            loss, logits, h = _fit(model, optimizer, accelerator, x, y, objective)
             results.append((loss, logits))
             x = h.detach()
     return results
@@ -127,8 +127,7 @@ def stage_step(stage: Stage, models: list[nn.Module], optimizers: list, accelera
     """One training step of the stage: (loss, logits) of each part."""
     if stage.decoupled:
         return decoupled_step(stage.prefix, models, optimizers, accelerator, x, y, stage.objectives)
-    return [train_step(stage.prefix, models[0], optimizers[0], accelerator, x, y,
-                       stage.objectives[0] if stage.objectives else None)]
+    return [train_step(stage.prefix, models[0], optimizers[0], accelerator, x, y, stage.objectives[0])]
 
 
 def stage_logits(stage: Stage, models: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:

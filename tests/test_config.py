@@ -88,7 +88,7 @@ def test_registries_are_full_from_the_config_alone():
 
 
 def test_registry_refuses_a_name_twice():
-    from greedy.registry import Registry
+    from greedy.registry import Registry, did_you_mean
 
     reg: Registry[int] = Registry("objective", "local objective")
     assert reg.add("ce", 1) == 1 and reg.register("two")(2) == 2  # both hand back what they registered
@@ -96,4 +96,4 @@ def test_registry_refuses_a_name_twice():
         reg.add("ce", 3)
     with pytest.raises(UsageError, match=r"config key 'objective': 'cee' is not one of ce"):
         reg.get("cee")
-    assert reg.suggest("cee") == "did you mean 'ce'? " and reg.get("ce") == 1 and reg.names() == ("ce", "two")
+    assert did_you_mean("cee", reg) == "did you mean 'ce'? " and reg.get("ce") == 1 and reg.names() == ("ce", "two")
