@@ -228,13 +228,14 @@ def validate(cfg: Config, check_data: bool = True) -> None:
                          "(0-based units where a new local module starts)")
     if len(set(cfg.downsample)) != len(cfg.downsample):
         raise UsageError(f"config key 'downsample': {cfg.downsample} names a block twice")
-    fits = "imagenet" if cfg.dataset == "imagenet" else "crop_flip"  # PIL pipeline vs in-memory tensors
+    in_memory = DATASETS[cfg.dataset].in_memory  # in-memory tensors, or a PIL pipeline over image folders
+    fits = "crop_flip" if in_memory else "imagenet"
     if cfg.augment not in ("none", fits):
         raise UsageError(f"config key 'augment': {cfg.augment!r} does not apply to dataset '{cfg.dataset}'; "
                          f"use {fits} or none")
-    if cfg.device_data == "on" and cfg.dataset == "imagenet":
-        raise UsageError("config key 'device_data': on holds an in-memory dataset on the accelerator; imagenet is "
-                         "decoded from image folders by DataLoader workers: use --device-data auto or off")
+    if cfg.device_data == "on" and not in_memory:
+        raise UsageError(f"config key 'device_data': on holds an in-memory dataset on the accelerator; {cfg.dataset} "
+                         "is decoded from image folders by DataLoader workers: use --device-data auto or off")
     _check_optimizer(cfg)
     _check_pipeline(cfg)
     _check_probes(cfg)

@@ -173,7 +173,7 @@ class Config:
     @property
     def on_device(self) -> bool:
         """Whether the data set is held on the accelerator (device_data on, or auto with an in-memory dataset)."""
-        return self.device_data == "on" or (self.device_data == "auto" and self.dataset != "imagenet")
+        return self.device_data == "on" or (self.device_data == "auto" and DATASETS[self.dataset].in_memory)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -31,6 +31,7 @@ from greedy.datasets.transforms import (
     train_stats,
 )
 from greedy.errors import UsageError
+from greedy.registry import DATASETS
 
 
 def dataset_info(dataset: str) -> DatasetInfo:
@@ -115,8 +116,9 @@ def create_loaders(
         raise UsageError(f"num_workers must be >= 0, got {num_workers}")
     if device is not None:
         if not device_data_supported(bundle):
-            raise UsageError("device data needs an in-memory dataset (digits, fashion_mnist, cifar10, cifar100, "
-                             "fake); pass --device-data off for imagenet")
+            in_memory = ", ".join(name for name in DATASETS if DATASETS[name].in_memory)
+            raise UsageError(f"device data needs an in-memory dataset ({in_memory}); pass --device-data off for "
+                             "imagenet")
         shard = {"device": torch.device(device), "seed": seed, "num_processes": num_processes,
                  "process_index": process_index}
         return (device_loader(bundle.train, batch_size, shuffle=True, **shard),
@@ -133,12 +135,12 @@ def create_loaders(
 
 
 def default_workers(dataset: str, num_workers: int | None, local_processes: int = 1) -> int:
-    """DataLoader workers per process: `num_workers` when set; else for imagenet the node's CPU cores shared among
-    its `local_processes` (at least 1, at most 8: decoding is the bottleneck, see docs/PERFORMANCE.md), and 0 for
-    the in-memory datasets (a worker process only adds pickling to a tensor dataset)."""
+    """DataLoader workers per process: `num_workers` when set; else for image folders (imagenet) the node's CPU cores
+    shared among its `local_processes` (at least 1, at most 8: decoding is the bottleneck, see docs/PERFORMANCE.md),
+    and 0 for the in-memory datasets (a worker process only adds pickling to a tensor dataset)."""
     if num_workers is not None:
         return num_workers
-    if dataset != "imagenet":
+    if data_source(dataset).in_memory:
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(8, cores // max(local_processes, 1)))
