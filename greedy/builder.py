@@ -7,34 +7,67 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from greedy.datasets import DataBundle
 from greedy.models import GreedyNet
 from greedy.objectives import LocalObjective, ModuleSpec, create_objective
+from greedy.schema import Config, objective_options
 
 
-class BlockWithHead(nn.Module):
-    """Block j and its auxiliary head as one trainable part (decoupled mode): returns (block output, logits).
-    (Its children are named block and head, as decoupled states have always been saved.)"""
+class LocalPart(nn.Module):
+    """A trainable part: block(s), the auxiliary net on the last block's output, and the local objective that
+    trains them (its own modules, e.g. PredSim's similarity conv or InfoPro's decoder, are trained with the part).
 
-    def __init__(self, block: nn.Module, head: nn.Module):
+    `forward(x)` -> (block output h, logits), as evaluation needs; `forward(x, y, image)` -> (h, logits, the
+    objective's loss terms), so the loss is computed inside the part's forward (under DDP the objective's
+    parameters are synchronised like the block's). `image`: the net's input batch, for objectives that read it.
+    An objective with `detach_head` (PredSim, InfoPro) trains the auxiliary net on the detached output, as a
+    readout that measures the module without sending it gradients.
+    """
+
+    objective: LocalObjective
+
+    def run_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+        """(the last block's output, the auxiliary net)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, image: torch.Tensor | None = None):
+        h, head = self.run_blocks(x)
+        if y is None:
+            return h, head(h)
+        logits = head(h.detach() if self.objective.detach_head else h)
+        return h, logits, self.objective(h, logits, y, image)
+
+
+class BlockWithHead(LocalPart):
+    """Block j, its auxiliary head and its objective as one trainable part (decoupled mode). (Its children are
+    named block and head, as decoupled states have always been saved; `objective` follows them.)"""
+
+    def __init__(self, block: nn.Module, head: nn.Module, objective: LocalObjective):
         super().__init__()
         self.block = block
         self.head = head
+        self.objective = objective
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.block(x)
-        return h, self.head(h)
+    def run_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+        return self.block(x), self.head
 
 
-class BlocksThenHead(nn.Sequential):
+class BlocksThenHead(LocalPart):
     """Block(s) then a head as one trainable part (a greedy stage: block j and head j; e2e: every block and the
-    last head): returns (the last block's output, logits), the output for the local objective. The children are
-    numbered as in nn.Sequential (blocks 0..n-2, the head n-1), so saved weights and states keep their names."""
+    last head), trained by `objective`. The blocks and the head are children named 0..n-1, as they were in the
+    nn.Sequential this part used to be, so saved weights and states keep their names."""
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        *blocks, head = self
-        for block in blocks:
-            x = block(x)
-        return x, head(x)
+    def __init__(self, *modules: nn.Module, objective: LocalObjective):
+        super().__init__()
+        for i, module in enumerate(modules):
+            self.add_module(str(i), module)
+        self.size = len(modules)
+        self.objective = objective
+
+    def run_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+        for i in range(self.size - 1):
+            x = self._modules[str(i)](x)
+        return x, self._modules[str(self.size - 1)]
 
 
 @dataclass
@@ -43,14 +76,23 @@ class Stage:
     objective; `prefix` stays frozen.
 
     In decoupled mode `trainable` is a ModuleList of BlockWithHead parts, each fit on its predecessor's
-    detached output. `objectives` holds the local objective of each part.
+    detached output. Each part holds its local objective.
     """
 
     index: int  # 0-based; the e2e and decoupled stages carry the last block's index
     name: str  # stage1, stage2, ... or e2e or decoupled
     prefix: nn.Module
     trainable: nn.Module
-    objectives: list[LocalObjective]  # one per part
+
+    @property
+    def objectives(self) -> list[LocalObjective]:
+        """The local objective of each part."""
+        return [part.objective for part in self.parts]
+
+    @property
+    def needs_input(self) -> bool:
+        """Whether a part's objective reads the input images (the trainer then hands them to the parts)."""
+        return any(objective.needs_input for objective in self.objectives)
 
     @property
     def decoupled(self) -> bool:
@@ -80,17 +122,31 @@ class GreedyBuilder:
     """Grows a GreedyNet block by block (greedy), trains it jointly as one stage (e2e), or trains every
     block at once on its own auxiliary problem with detached inputs (decoupled, one stage)."""
 
-    def __init__(self, net: GreedyNet, mode: str = "greedy", objective: str = "ce"):
-        """`objective`: the registered local objective (config key `objective`) each block is trained on; the
-        e2e stage trains the whole net on the last block's. Raises ValueError for an unknown mode, UsageError for
-        an unknown objective."""
+    def __init__(self, net: GreedyNet, mode: str = "greedy", objective: str = "ce", *, options: dict | None = None,
+                 image_shape: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
+                 std: tuple[float, ...] | None = None):
+        """`objective`: the registered local objective (config key `objective`) each block is trained on, with
+        `options` (schema.objective_options); the e2e stage trains the whole net on the last block's.
+        `image_shape` (C, H, W) of the input and the `mean`, `std` it was normalized with: what objectives with
+        modules of their own need (ModuleSpec); `for_run` passes them. Raises ValueError for an unknown mode,
+        UsageError for an unknown objective."""
         if mode not in ("greedy", "e2e", "decoupled"):
             raise ValueError(f"GreedyBuilder trains greedy, e2e or decoupled stages, not {mode!r}")
         self.net = net
         self.mode = mode
-        num_classes = net.num_classes
-        self.objectives = [create_objective(objective, ModuleSpec(j, net.num_stages, num_classes))
-                           for j in range(net.num_stages)]
+        num = net.num_stages
+        outs = [out for _, out in net.module_shapes(image_shape[0], image_shape[-1])] if image_shape else [None] * num
+        self.objectives = [create_objective(objective, ModuleSpec(j, num, net.num_classes, outs[j], image_shape, mean,
+                                                                  std), **(options or {}))
+                           for j in range(num)]
+
+    @classmethod
+    def for_run(cls, cfg: Config, net: GreedyNet, data: DataBundle) -> GreedyBuilder:
+        """The builder of a run: the config's mode, objective and objective settings, and the data's image shape
+        and normalization."""
+        return cls(net, cfg.mode, cfg.objective, options=objective_options(cfg),
+                   image_shape=(data.in_chans, data.img_size, data.img_size), mean=data.mean or None,
+                   std=data.std or None)
 
     @property
     def num_stages(self) -> int:
@@ -109,14 +165,15 @@ class GreedyBuilder:
         net = self.net
         last = net.num_stages - 1
         if self.mode == "e2e":
-            trainable = BlocksThenHead(*net.blocks, net.heads[last])
-            stage = Stage(last, "e2e", freeze_prefix(net, 0), trainable, [self.objectives[last]])
+            trainable = BlocksThenHead(*net.blocks, net.heads[last], objective=self.objectives[last])
+            stage = Stage(last, "e2e", freeze_prefix(net, 0), trainable)
         elif self.mode == "decoupled":
-            parts = nn.ModuleList(BlockWithHead(b, h) for b, h in zip(net.blocks, net.heads, strict=True))
-            stage = Stage(last, "decoupled", freeze_prefix(net, 0), parts, list(self.objectives))
+            parts = nn.ModuleList(BlockWithHead(b, h, o) for b, h, o in zip(net.blocks, net.heads, self.objectives,
+                                                                            strict=True))
+            stage = Stage(last, "decoupled", freeze_prefix(net, 0), parts)
         else:
-            stage = Stage(i, f"stage{i + 1}", freeze_prefix(net, i), BlocksThenHead(net.blocks[i], net.heads[i]),
-                          [self.objectives[i]])
+            part = BlocksThenHead(net.blocks[i], net.heads[i], objective=self.objectives[i])
+            stage = Stage(i, f"stage{i + 1}", freeze_prefix(net, i), part)
         stage.trainable.requires_grad_(True)
         return stage
 

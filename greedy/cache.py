@@ -29,6 +29,7 @@ from greedy.datasets import DataBundle, device_loader
 from greedy.datasets.device import DeviceLoader
 from greedy.errors import UsageError
 from greedy.files import preallocate, writing
+from greedy.registry import OBJECTIVES
 from greedy.schema import Config
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -45,8 +46,9 @@ def autocast_dtype(cfg: Config) -> torch.dtype | None:
 
 
 def cache_enabled(cfg: Config, say: Callable[[str], None] = print) -> bool:
-    """Whether the greedy stages train on cached features (auto: iff the train transform is deterministic)."""
-    if cfg.cache == "off":
+    """Whether the greedy stages train on cached features (auto: iff the train transform is deterministic and the
+    objective does not read the input images, as InfoPro's does at every module)."""
+    if cfg.cache == "off" or OBJECTIVES[cfg.objective].needs_input:  # config refuses cache on with such objectives
         return False
     if cfg.mode != "greedy":
         if cfg.cache == "on":

@@ -16,7 +16,7 @@ from timm.optim import list_optimizers
 
 from greedy.errors import UsageError
 from greedy.optim import make_optimizer, make_scheduler
-from greedy.registry import DATASETS, check_choice, did_you_mean
+from greedy.registry import DATASETS, OBJECTIVES, check_choice, did_you_mean
 from greedy.schema import FIELDS, GROUPS, Config, choices
 
 _TYPES = typing.get_type_hints(Config)
@@ -54,14 +54,16 @@ def coerce(key: str, value: Any) -> Any:
             raise _bad(key, value, "a list of names (e.g. linear,clustering)")
         return list(value)
     if typing.get_origin(tp) is list:
+        number, example = (float, "a list of numbers (e.g. 5,1,0,1)") if typing.get_args(tp) == (float,) else (
+            int, "a list of integers (e.g. 64,64,128)")
         if isinstance(value, str):
             value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise _bad(key, value, "a list of integers (e.g. 64,64,128)")
+        if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) for v in value):
+            raise _bad(key, value, example)
         try:
-            return [int(v) for v in value]
+            return [number(v) for v in value]
         except (TypeError, ValueError):
-            raise _bad(key, value, "a list of integers (e.g. 64,64,128)") from None
+            raise _bad(key, value, example) from None
     if tp is int:
         if isinstance(value, bool):
             raise _bad(key, value, "an integer")
@@ -177,7 +179,10 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "pipeline": (1, math.inf, False, False),
     "pipeline_timeout": (0, math.inf, True, False),
     "probe_every": (0, math.inf, False, False),
-    "probe_samples": (10, math.inf, False, False),  # a few per class: the probes need every class twice or more
+    "probe_samples": (10, math.inf, False, False),
+    "predsim_beta": (0, 1, False, False),
+    "predsim_dim": (1, math.inf, False, False),
+    "contrast_temperature": (0, math.inf, True, False),  # a few per class: the probes need every class twice or more
 }
 
 
@@ -239,11 +244,29 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     _check_optimizer(cfg)
     _check_pipeline(cfg)
     _check_probes(cfg)
+    _check_objective(cfg)
     if check_data and DATASETS[cfg.dataset].files and not cfg.download and not Path(cfg.data_dir).is_dir():
         raise UsageError(
             f"data directory {cfg.data_dir} for dataset '{cfg.dataset}' does not exist; "
             f"pass --data-dir PATH (or --download true for {'/'.join(n for n in DATASETS if DATASETS[n].download)})"
         )
+
+
+def _check_objective(cfg: Config) -> None:
+    """infopro_lambdas: four finite weights >= 0. An objective that reads the input images at every module
+    (InfoPro) cannot train on cached features (cache on) nor in a pipeline, which sends only activations."""
+    lambdas = cfg.infopro_lambdas
+    if len(lambdas) != 4 or not all(math.isfinite(v) and v >= 0 for v in lambdas):
+        raise UsageError(f"config key 'infopro_lambdas': {lambdas} must be 4 finite weights >= 0: lambda1, lambda2 "
+                         "of the first module, then of the module before the last (e.g. --infopro-lambdas 5,1,0,1)")
+    if not OBJECTIVES[cfg.objective].needs_input:
+        return
+    if cfg.cache == "on" and cfg.mode == "greedy":
+        raise UsageError(f"config key 'cache': on trains on the frozen prefix's cached features, but objective "
+                         f"{cfg.objective} reconstructs the input images at every module; pass --cache off")
+    if cfg.pipeline > 1:
+        raise UsageError(f"config key 'pipeline': {cfg.pipeline} groups send only activations between processes, "
+                         f"but objective {cfg.objective} reads the input images at every module; pass --pipeline 1")
 
 
 def _check_pipeline(cfg: Config) -> None:

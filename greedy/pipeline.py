@@ -46,7 +46,7 @@ from greedy.models.tracing import meta_call
 from greedy.optim import make_optimizer, make_scheduler
 from greedy.schema import Config
 from greedy.tracking import Tracker
-from greedy.trainer import DivergenceCheck, _fit, accuracy_counts, as_input
+from greedy.trainer import DivergenceCheck, TermSums, _fit, accuracy_counts, as_input
 
 IN_FLIGHT = 2  # batches a process receives ahead of, and sends behind, the one it computes
 COMMUNICATION_ERROR = re.compile(r"gloo|nccl|connection|timed out|timeout|peer|socket", re.IGNORECASE)
@@ -350,13 +350,14 @@ class Pipeline:
                 figures = torch.cat([sums.double(), correct.double(), torch.tensor([total], dtype=torch.double)])
                 dist.all_reduce(figures)
             seconds += time.perf_counter() - t0
-            n = len(stage.parts)
+            n, t = len(stage.parts), len(sums) - 2 * len(stage.parts) - 1  # t: the loss terms' sums
             train = figures[:2 * n + 1].float()
             losses, train_accs = (train[:-1].view(2, -1) / train[-1]).tolist()
-            test_accs = (figures[2 * n + 1:3 * n + 1].long() / int(figures[-1])).tolist()
-            for (index, name), loss, train_acc, test_acc in zip(stage.part_ids(), losses, train_accs, test_accs,
-                                                                 strict=True):
-                record = {"stage": index + 1, "stage_name": name, "epoch": epoch + 1, "loss": loss,
+            terms = TermSums(stage.objectives, self.device).means(figures[2 * n + 1:2 * n + 1 + t].float() / train[-1])
+            test_accs = (figures[2 * n + 1 + t:3 * n + 1 + t].long() / int(figures[-1])).tolist()
+            for (index, name), loss, part_terms, train_acc, test_acc in zip(stage.part_ids(), losses, terms,
+                                                                            train_accs, test_accs, strict=True):
+                record = {"stage": index + 1, "stage_name": name, "epoch": epoch + 1, "loss": loss, **part_terms,
                           "train_acc": train_acc, "test_acc": test_acc, "lr": lr, "time": seconds, "cache_time": 0.0,
                           "step_time": step_time}
                 tracker.log_epoch(record, step)
@@ -383,14 +384,18 @@ class Pipeline:
             model.train()
         sums = torch.zeros(2, n, device=self.device)
         seen = torch.zeros((), device=self.device)
+        terms = TermSums(stage.objectives, self.device)
         divergence = DivergenceCheck(stage, epoch, self.device)
         steps = 0
         for x, y in self.batches(loader, prefix):
             losses = torch.zeros(n, device=self.device)
+            logged = {}
             for j, model, optimizer in zip(mine, models, optimizers, strict=True):
-                loss, logits, h = _fit(model, optimizer, self.accelerator, x, y, stage.objectives[j])
-                losses[j] = loss.detach().float()
-                sums[1, j] += accuracy_counts(logits.detach(), y)
+                result, h = _fit(model, optimizer, self.accelerator, x, y)
+                losses[j] = result.loss.detach().float()
+                sums[1, j] += accuracy_counts(result.logits.detach(), y)
+                terms.add(j, result.terms, y.numel())
+                logged[j] = result.terms
                 x = h.detach()
             if self.next is not None:
                 self.send(x, y)
@@ -403,12 +408,13 @@ class Pipeline:
                 divergence.check()
             if tracker.use_wandb and self.placement.rank == 0 and step % self.cfg.log_every == 0:
                 tracker.log_step({f"train/loss_{stage.part_ids()[j][1]}": losses[j].item() for j in mine}
+                                 | {k: v for j in mine for k, v in terms.wandb(j, logged[j]).items()}
                                  | {"train/lr": optimizers[-1].param_groups[0]["lr"]}, step)
         self.flush()
         divergence.check()
         if self.placement.group > 0:  # the samples are counted once, by group 0
             seen.zero_()
-        return torch.cat([sums.flatten(), seen[None]]), step, steps
+        return torch.cat([sums.flatten(), seen[None], terms.sums]), step, steps
 
     @torch.no_grad()
     def evaluate(self, parts: list[nn.Module], loader: DataLoader,

@@ -23,7 +23,7 @@ SCHEDULERS = ("step", "multistep", "cosine", "tanh", "poly", "constant", "wsd", 
 RESUME_MUTABLE = ("no_progress", "num_workers", "pin_memory", "persistent_workers", "data_dir", "cache_budget_gb",
                   "cache_device_gb", "log_every", "strict_data", "finite_check_every", "pipeline_timeout")
 # The groups of keys, in the order of the README and of `train.py --help`.
-GROUPS = ("run", "data", "model", "auxiliary problem", "optimization", "speed", "pipeline", "probes")
+GROUPS = ("run", "data", "model", "auxiliary problem", "local objective", "optimization", "speed", "pipeline", "probes")
 AUTO_ON_OFF = ("auto", "on", "off")
 
 Choices = tuple[str, ...] | Callable[[], tuple[str, ...]] | None
@@ -39,7 +39,7 @@ def _group(title: str) -> Callable[..., Any]:
     return key
 
 
-_run, _data, _model, _aux, _optim, _speed, _pipe, _probe = (_group(title) for title in GROUPS)
+_run, _data, _model, _aux, _objective, _optim, _speed, _pipe, _probe = (_group(title) for title in GROUPS)
 
 
 @dataclass
@@ -106,8 +106,18 @@ class Config:
     final_head: str = _aux("auxiliary", "the last block's head: auxiliary (the aux kind), any auxiliary net, or timm "
                           "(arch timm: the timm model's own classifier)", lambda: ("auxiliary", *HEADS, "timm"))
 
-    objective: str = _aux("ce", "local objective of each module: ce (cross-entropy of the auxiliary net chosen by "
-                          "aux and k: greedy SL, DGL) (greedy/objectives/)", OBJECTIVES)
+    # local objective (greedy/objectives/, docs/OBJECTIVES.md)
+    objective: str = _objective(
+        "ce", "local objective of each module: ce (cross-entropy of the auxiliary net chosen by aux and k: greedy SL, "
+        "DGL), predsim (Nokland & Eidnes 2019), infopro_ce / infopro_contrast (Wang et al. 2021); with any but ce "
+        "the auxiliary net is a readout trained on the detached output", OBJECTIVES)
+    predsim_beta: float = _objective(0.99, "predsim: weight of the similarity loss (1 - beta: the prediction loss)")
+    predsim_dim: int = _objective(4096, "predsim: the prediction loss's linear layer sees the output average-pooled "
+                                  "to at most this many features")
+    infopro_lambdas: list[float] = _objective(
+        [5.0, 1.0, 0.0, 1.0], "infopro: lambda1 (reconstruction), lambda2 (task) of the first module, then of the "
+        "module before the last; interpolated linearly in between (the paper's grid: configs/infopro/)")
+    contrast_temperature: float = _objective(0.07, "infopro_contrast: temperature of the supervised contrastive loss")
 
     # optimization, per stage (greedy) or for the whole net (e2e)
     epochs: int = _optim(10, "epochs per stage (greedy, decoupled)")
@@ -180,6 +190,13 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def objective_options(cfg: Config) -> dict[str, Any]:
+    """The settings of the local objectives (the keys of group 'local objective' but `objective` itself), as
+    `objectives.create_objective` takes them."""
+    return {name: getattr(cfg, name) for name, f in FIELDS.items()
+            if f.metadata["group"] == "local objective" and name != "objective"}
 
 
 def choices(key: str) -> tuple[str, ...] | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from greedy.models import GreedyNet, stage_param_count
 
 
@@ -28,10 +30,14 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def describe_model(net: GreedyNet, in_chans: int, img_size: int) -> list[dict[str, Any]]:
+def describe_model(net: GreedyNet, in_chans: int, img_size: int,
+                   objectives: list[nn.Module] | None = None) -> list[dict[str, Any]]:
     """Per local module (block): its units, input and output shapes (C x H x W, from a meta-device pass), its
-    auxiliary net, and the parameters of module, head and the model assembled after its stage."""
+    auxiliary net, and the parameters of module, head and the model assembled after its stage; with `objectives`
+    (one per module) that own parameters, those too (`objective_params`: trained with the module, not part of
+    the net)."""
     rows = []
+    owned = [sum(p.numel() for p in o.parameters()) for o in objectives or []]
     for j, (in_shape, out_shape) in enumerate(net.module_shapes(in_chans, img_size)):
         names = net.module_units[j]
         counts = stage_param_count(net, j)
@@ -39,7 +45,7 @@ def describe_model(net: GreedyNet, in_chans: int, img_size: int) -> list[dict[st
             "stage": j + 1, "units": names[0] if len(names) == 1 else f"{names[0]}..{names[-1]} ({len(names)})",
             "input": "x".join(map(str, in_shape)), "block_out": "x".join(map(str, out_shape)),
             "head": type(net.heads[j]).__name__, "block_params": counts["block"], "head_params": counts["head"],
-            "model_params": counts["model"],
+            **({"objective_params": owned[j]} if any(owned) else {}), "model_params": counts["model"],
         })
     return rows
 

@@ -6,6 +6,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,6 @@ from greedy.checkpoint import RunDir, check_finite
 from greedy.errors import TrainingDiverged, UsageError
 from greedy.models import GreedyNet
 from greedy.objectives import LocalObjective, total_loss
-from greedy.objectives.ce import CrossEntropy
 from greedy.optim import make_optimizer, make_scheduler
 from greedy.schema import Config
 from greedy.tracking import Tracker
@@ -66,7 +66,13 @@ class StageResult:
     seconds: float
 
 
-CROSS_ENTROPY = CrossEntropy()  # the objective of a part given none
+class StepResult(NamedTuple):
+    """What one part's training step gives back: its loss (the sum of `terms`), its auxiliary net's logits
+    (N x classes) and the objective's weighted loss terms (scalars, name -> tensor, still on the device)."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    terms: dict[str, torch.Tensor]
 
 
 def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -79,55 +85,54 @@ def as_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 def _fit(model: nn.Module, optimizer, accelerator: Accelerator, x: torch.Tensor, y: torch.Tensor,
-         objective: LocalObjective | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Forward, the local objective's loss (None: cross-entropy), backward, step: (loss, logits, block output or
-    None)."""
-    out = model(x)
-    h, logits = out if isinstance(out, tuple) else (None, out)
-    loss = total_loss((objective or CROSS_ENTROPY)(h, logits, y))
+         image: torch.Tensor | None = None) -> tuple[StepResult, torch.Tensor]:
+    """Forward of a part (builder.LocalPart: its objective's terms computed inside, so DDP sees them), backward of
+    their sum, step: (the step's result, the block output)."""
+    h, logits, terms = model(x, y, image)
+    loss = total_loss(terms)
     accelerator.backward(loss)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss, logits, h
+    return StepResult(loss, logits, terms), h
 
 
 def train_step(prefix: nn.Module, model: nn.Module, optimizer, accelerator: Accelerator, x: torch.Tensor,
-               y: torch.Tensor, objective: LocalObjective | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step of `model` on `prefix(x)` and its local objective (None: cross-entropy); the frozen
-    prefix runs without a graph."""
+               y: torch.Tensor, needs_input: bool = False) -> StepResult:
+    """One optimisation step of `model` on `prefix(x)` and its local objective; the frozen prefix runs without a
+    graph. `needs_input`: the objective reads the input images, handed to it as they are (`x`)."""
     with accelerator.accumulate(model):
         with torch.no_grad(), accelerator.autocast():
-            x = prefix(x)
-        loss, logits, _ = _fit(model, optimizer, accelerator, x, y, objective)
-    return loss, logits
+            features = prefix(x)
+        result, _ = _fit(model, optimizer, accelerator, features, y, x if needs_input else None)
+    return result
 
 
 def decoupled_step(prefix: nn.Module, models: list[nn.Module], optimizers: list, accelerator: Accelerator,
-                   x: torch.Tensor, y: torch.Tensor, objectives: list[LocalObjective] | None = None
-                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One step of every block+head part, each on its predecessor's detached output and its own local objective
-    (None: cross-entropy for all): (loss, logits) per part.
+                   x: torch.Tensor, y: torch.Tensor, needs_input: bool = False) -> list[StepResult]:
+    """One step of every block+head part, each on its predecessor's detached output and its own local objective:
+    one result per part. `needs_input`: the objectives read the input images (`x`).
 
     Each part's graph is freed by its own backward before the next part runs, so the activation memory is
     one block's, and no gradient crosses a block boundary.
     """
     results = []
+    image = x if needs_input else None
     with accelerator.accumulate(*models):
         with torch.no_grad(), accelerator.autocast():
             x = prefix(x)
-        for model, optimizer, objective in zip(models, optimizers, objectives or [None] * len(models), strict=True):
-            loss, logits, h = _fit(model, optimizer, accelerator, x, y, objective)
-            results.append((loss, logits))
+        for model, optimizer in zip(models, optimizers, strict=True):
+            result, h = _fit(model, optimizer, accelerator, x, y, image)
+            results.append(result)
             x = h.detach()
     return results
 
 
 def stage_step(stage: Stage, models: list[nn.Module], optimizers: list, accelerator: Accelerator,
-               x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One training step of the stage: (loss, logits) of each part."""
+               x: torch.Tensor, y: torch.Tensor) -> list[StepResult]:
+    """One training step of the stage: the result of each part."""
     if stage.decoupled:
-        return decoupled_step(stage.prefix, models, optimizers, accelerator, x, y, stage.objectives)
-    return [train_step(stage.prefix, models[0], optimizers[0], accelerator, x, y, stage.objectives[0])]
+        return decoupled_step(stage.prefix, models, optimizers, accelerator, x, y, stage.needs_input)
+    return [train_step(stage.prefix, models[0], optimizers[0], accelerator, x, y, stage.needs_input)]
 
 
 def stage_logits(stage: Stage, models: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
@@ -140,6 +145,39 @@ def stage_logits(stage: Stage, models: list[nn.Module], x: torch.Tensor) -> list
         x, out = model(x)
         logits.append(out)
     return logits
+
+
+class TermSums:
+    """The sum over an epoch of each part's loss terms (x samples), on the device, for objectives of more than one
+    term (a one-term objective's term is its loss, recorded already). Parts are numbered as the stage's parts."""
+
+    def __init__(self, objectives: list[LocalObjective], device: torch.device):
+        self.declared = [tuple(o.term_names) for o in objectives]
+        self.names = [names if len(names) > 1 else () for names in self.declared]
+        self.offsets = [sum(map(len, self.names[:j])) for j in range(len(objectives) + 1)]
+        self.sums = torch.zeros(self.offsets[-1], device=device)
+        self.decoupled = len(objectives) > 1
+
+    def add(self, j: int, terms: dict[str, torch.Tensor], n: int) -> None:
+        """Add part j's terms of one step of `n` samples. Raises ValueError when its objective returned other
+        terms than its `term_names`."""
+        if tuple(terms) != self.declared[j]:
+            raise ValueError(f"the objective of part {j + 1} returned the terms {list(terms)} but declares "
+                             f"{list(self.declared[j])} (LocalObjective.term_names)")
+        if self.names[j]:
+            self.sums[self.offsets[j]:self.offsets[j + 1]] += torch.stack(
+                [terms[name].detach().float() for name in self.names[j]]) * n
+
+    def wandb(self, j: int, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Part j's terms of this step as W&B values, `train/<term>` (decoupled: `train/<term>_block<j>`)."""
+        suffix = f"_block{j + 1}" if self.decoupled else ""
+        return {f"train/{name}{suffix}": terms[name].item() for name in self.names[j]}
+
+    def means(self, totals: torch.Tensor) -> list[dict[str, float]]:
+        """{`loss/<term>`: epoch mean} of each part, from the (reduced) sums divided by the samples."""
+        values = totals.tolist()
+        return [{f"loss/{name}": values[self.offsets[j] + i] for i, name in enumerate(names)}
+                for j, names in enumerate(self.names)]
 
 
 class DivergenceCheck:
@@ -173,8 +211,9 @@ class DivergenceCheck:
 def train_one_epoch(stage: Stage, models: list[nn.Module], loader, optimizers: list, accelerator: Accelerator,
                     tracker: Tracker, step: int, progress: bool, channels_last: bool = False,
                     log_every: int = 1, epoch: int = 0,
-                    finite_check_every: int = 1) -> tuple[list[float], list[float], int, float]:
-    """One pass over the training data: (mean loss per part, train accuracy per part, global step, s/step).
+                    finite_check_every: int = 1) -> tuple[list[float], list[float], int, float, list[dict]]:
+    """One pass over the training data: (mean loss per part, train accuracy per part, global step, s/step, mean
+    of each loss term per part (TermSums.means)).
 
     Raises TrainingDiverged at the first non-finite loss (checked every `finite_check_every` steps and at the
     end), before the epoch's results or state are recorded anywhere.
@@ -186,11 +225,14 @@ def train_one_epoch(stage: Stage, models: list[nn.Module], loader, optimizers: l
     seen = torch.zeros((), device=device)
     steps, t0 = 0, time.perf_counter()
     divergence = DivergenceCheck(stage, epoch, device)
+    terms = TermSums(stage.objectives, device)
     for x, y in tqdm(loader, desc=stage.name, leave=False, disable=not progress):
         results = stage_step(stage, models, optimizers, accelerator, as_input(x, channels_last), y)
-        losses = torch.stack([loss.detach().float() for loss, _ in results])
+        losses = torch.stack([r.loss.detach().float() for r in results])
         sums[0] += losses * y.numel()
-        sums[1] += torch.stack([accuracy_counts(logits.detach(), y) for _, logits in results])
+        sums[1] += torch.stack([accuracy_counts(r.logits.detach(), y) for r in results])
+        for j, result in enumerate(results):
+            terms.add(j, result.terms, y.numel())
         seen += y.numel()
         step += 1
         steps += 1
@@ -202,13 +244,15 @@ def train_one_epoch(stage: Stage, models: list[nn.Module], loader, optimizers: l
             if stage.decoupled:
                 values.update({f"train/loss_{name}": v for (_, name), v in zip(stage.part_ids(), losses.tolist(),
                                                                                 strict=True)})
+            for j, result in enumerate(results):
+                values.update(terms.wandb(j, result.terms))
             tracker.log_step(values, step)
     divergence.check()
     seconds_per_step = (time.perf_counter() - t0) / max(steps, 1)
-    totals = accelerator.reduce(torch.cat([sums.flatten(), seen[None]]), "sum")
+    totals = accelerator.reduce(torch.cat([sums.flatten(), terms.sums, seen[None]]), "sum")
     seen = totals[-1]
-    loss, acc = (totals[:-1].view(2, -1) / seen).tolist()
-    return loss, acc, step, seconds_per_step
+    loss, acc = (totals[:2 * len(models)].view(2, -1) / seen).tolist()
+    return loss, acc, step, seconds_per_step, terms.means(totals[2 * len(models):-1] / seen)
 
 
 @torch.no_grad()
@@ -273,18 +317,18 @@ def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, ru
             scheduler.step(epoch)  # the LR is a function of the epoch: nothing else to restore on resume
         train_loader.set_epoch(1000 * stage.index + epoch)
         lr = optimizers[0].param_groups[0]["lr"]
-        losses, train_accs, step, step_time = train_one_epoch(stage, models, train_loader, optimizers, accelerator,
-                                                              tracker, step, show, cfg.channels_last,
-                                                              cfg.log_every, epoch, cfg.finite_check_every)
+        losses, train_accs, step, step_time, terms = train_one_epoch(
+            stage, models, train_loader, optimizers, accelerator, tracker, step, show, cfg.channels_last,
+            cfg.log_every, epoch, cfg.finite_check_every)
         sync_buffers(models, accelerator)
         for model in models:  # a finite loss can still leave non-finite weights or BatchNorm statistics
             check_finite(accelerator.unwrap_model(model).state_dict(), f"{stage.name} epoch {epoch + 1}")
         test_accs = evaluate_parts(stage, models, test_loader, accelerator, cfg.channels_last)
         seconds += time.perf_counter() - t0
-        for (index, name), loss, train_acc, test_acc in zip(stage.part_ids(), losses, train_accs, test_accs,
-                                                             strict=True):
+        for (index, name), loss, part_terms, train_acc, test_acc in zip(stage.part_ids(), losses, terms, train_accs,
+                                                                        test_accs, strict=True):
             result = StageResult(stage.name, stage.index, test_acc, train_acc, loss, seconds)
-            record = {"stage": index + 1, "stage_name": name, "epoch": epoch + 1, "loss": loss,
+            record = {"stage": index + 1, "stage_name": name, "epoch": epoch + 1, "loss": loss, **part_terms,
                       "train_acc": train_acc, "test_acc": test_acc, "lr": lr, "time": seconds,
                       "cache_time": cache_time, "step_time": step_time}
             tracker.log_epoch(record, step)

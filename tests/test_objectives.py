@@ -17,6 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 class Smoothed(LocalObjective):
     """A two-term objective for the tests: cross-entropy with label smoothing, plus a weighted L2 of the logits."""
 
+    term_names = ("smooth_ce", "l2")
+
     def forward(self, h, logits, y, x=None):
         return {"smooth_ce": F.cross_entropy(logits, y, label_smoothing=0.1), "l2": 0.01 * logits.pow(2).mean()}
 
@@ -54,21 +56,24 @@ def test_builder_gives_every_stage_its_objectives():
 
 
 def test_the_trainer_minimises_the_objectives_terms():
-    """train_step with the stage's ce objective is bit-identical to the default; another objective's summed
+    """train_step with the part's ce objective is bit-identical to plain cross-entropy; another objective's summed
     terms are what the step reports and descends."""
     x, y = batch()
     accelerator = Accelerator(cpu=True)
     results = []
     for objective in (None, CrossEntropy(), Smoothed()):
         stage = GreedyBuilder(net(), "greedy").stage(0)
+        if objective is not None:
+            stage.trainable.objective = objective
         optimizer = torch.optim.SGD(stage.trainable.parameters(), lr=0.1)
-        loss, logits = train_step(stage.prefix, stage.trainable, optimizer, accelerator, x, y, objective)
+        loss, logits, terms = train_step(stage.prefix, stage.trainable, optimizer, accelerator, x, y)
         results.append((loss.detach(), [p.detach().clone() for p in stage.trainable.parameters()], logits.detach()))
     (ce_loss, ce_weights, _), (obj_loss, obj_weights, _), (sm_loss, sm_weights, sm_logits) = results
     same = lambda a, b: all(torch.equal(p, q) for p, q in zip(a, b, strict=True))  # noqa: E731
     assert torch.equal(ce_loss, obj_loss) and same(ce_weights, obj_weights)
     expected = F.cross_entropy(sm_logits, y, label_smoothing=0.1) + 0.01 * sm_logits.pow(2).mean()
     assert torch.allclose(sm_loss, expected) and not torch.equal(sm_loss, ce_loss)
+    assert list(terms) == ["smooth_ce", "l2"]
     assert not same(ce_weights, sm_weights)
 
 
@@ -94,11 +99,13 @@ def test_every_mode_hands_the_objective_the_module_output():
         for i in range(builder.num_stages):
             stage = builder.stage(i)
             recorders = [Recorder() for _ in stage.parts]
+            for part, recorder in zip(stage.parts, recorders, strict=True):
+                part.objective = recorder
             optimizers = [torch.optim.SGD(p.parameters(), lr=0.0) for p in stage.parts]
             if stage.decoupled:
-                decoupled_step(stage.prefix, stage.parts, optimizers, accelerator, x, y, recorders)
+                decoupled_step(stage.prefix, stage.parts, optimizers, accelerator, x, y)
             else:
-                train_step(stage.prefix, stage.trainable, optimizers[0], accelerator, x, y, recorders[0])
+                train_step(stage.prefix, stage.trainable, optimizers[0], accelerator, x, y)
             blocks = range(3) if stage.decoupled else [stage.index]
             assert [r.shapes for r in recorders] == [[shapes[j]] for j in blocks], (mode, i)
 
@@ -108,8 +115,9 @@ def test_decoupled_parts_each_get_their_own_objective():
     accelerator = Accelerator(cpu=True)
     stage = GreedyBuilder(net(), "decoupled").stage(0)
     optimizers = [torch.optim.SGD(p.parameters(), lr=0.0) for p in stage.parts]
-    objectives = [CrossEntropy(), Smoothed(), CrossEntropy()]
-    results = decoupled_step(stage.prefix, stage.parts, optimizers, accelerator, x, y, objectives)
-    for j, (loss, logits) in enumerate(results):
+    for part, objective in zip(stage.parts, [CrossEntropy(), Smoothed(), CrossEntropy()], strict=True):
+        part.objective = objective
+    results = decoupled_step(stage.prefix, stage.parts, optimizers, accelerator, x, y)
+    for j, (loss, logits, _) in enumerate(results):
         ce = F.cross_entropy(logits, y)
         assert torch.allclose(loss, ce) != (j == 1)  # block 2 trained on the smoothed objective

@@ -170,10 +170,10 @@ def _in_memory_bundle(name: str, raw: RawData, img_size: int | None, crop_flip: 
     mean, std = stats or train_stats(raw.train_images, raw.max_value)
     for split, targets in (("train", raw.train_targets), ("test", raw.test_targets)):  # the readers check files
         check_labels(f"dataset '{name}', {split} split", targets.numpy(), raw.num_classes, name)
-    norm = Normalization(raw.max_value, tuple(mean), tuple(std))
+    norm = Normalization(raw.max_value, tuple(map(float, mean)), tuple(map(float, std)))
     padding = CROP_PADDING if crop_flip else 0
     transform = crop_flip_transform(size, padding) if crop_flip else None
     train = TensorImageDataset(normalize(raw.train_images, norm, size), raw.train_targets.long(), transform,
                                crop_padding=padding)
     test = TensorImageDataset(normalize(raw.test_images, norm, size), raw.test_targets.long())
-    return DataBundle(train, test, raw.num_classes, in_chans, size)
+    return DataBundle(train, test, raw.num_classes, in_chans, size, norm.mean, norm.std)

@@ -129,7 +129,8 @@ def read_image_folders(data_dir: Path, img_size: int, augment: bool, strict: boo
             datasets[split] = CheckedImageFolder(data_dir / split, transform=transform, strict=strict)
         except (FileNotFoundError, OSError) as err:
             raise UsageError(f"dataset 'imagenet': {one_line(err)} (in {data_dir / split})") from err
-    return DataBundle(datasets["train"], datasets["val"], len(datasets["train"].classes), 3, img_size)
+    return DataBundle(datasets["train"], datasets["val"], len(datasets["train"].classes), 3, img_size,
+                      tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))
 
 
 register_dataset("imagenet", DataSource(DatasetInfo(1000, 3, IMAGENET_DEFAULT_SIZE), read_image_folders,

@@ -29,6 +29,10 @@ class DataBundle:
     num_classes: int
     in_chans: int
     img_size: int  # spatial size of the tensors the model sees (square)
+    # per-channel statistics the images were normalized with, for values in [0, 1] (an objective that
+    # reconstructs the input, InfoPro, de-normalizes with them); () where unknown (a benchmark's random tensors)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     def unaugmented_train(self) -> Dataset:
         """The training split read with the test split's deterministic transform (no augmentation, no RNG drawn):

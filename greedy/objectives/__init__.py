@@ -2,19 +2,28 @@
 
     base.py    LocalObjective (the interface the trainer sees), ModuleSpec, total_loss
     ce.py      ce: cross-entropy of the auxiliary net (greedy SL with cnn(k), DGL's mlp_sr): the default
+    predsim.py predsim: similarity matching + prediction (Nøkland & Eidnes, ICML 2019)
+    infopro.py infopro_ce, infopro_contrast: reconstruction + task loss (Wang et al., ICLR 2021)
 
 A new objective is one file here with a LocalObjective subclass decorated with `@OBJECTIVES.register("name")`, and
 its import below.
 """
 
-from greedy.objectives import ce  # noqa: F401  registers ce
+import inspect
+
+from greedy.objectives import ce, infopro, predsim  # noqa: F401  register ce, infopro_*, predsim
 from greedy.objectives.base import LocalObjective, ModuleSpec, total_loss
 from greedy.registry import OBJECTIVES
 
 
-def create_objective(name: str, spec: ModuleSpec) -> LocalObjective:
-    """The registered objective `name` for the local module `spec`; raises UsageError for an unknown name."""
-    return OBJECTIVES.get(name)(spec)
+def create_objective(name: str, spec: ModuleSpec, **options) -> LocalObjective:
+    """The registered objective `name` for the local module `spec`; raises UsageError for an unknown name.
+
+    `options` are the config's objective settings (e.g. predsim_beta, infopro_lambdas); each objective takes
+    those its constructor names and ignores the rest (as `models.heads.create_head` does)."""
+    cls = OBJECTIVES.get(name)
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(spec, **{key: value for key, value in options.items() if key in accepted})
 
 
 __all__ = ["OBJECTIVES", "LocalObjective", "ModuleSpec", "create_objective", "total_loss"]
