@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from greedy.datasets import DataBundle
 from greedy.models import GreedyNet
@@ -55,19 +59,47 @@ class BlockWithHead(LocalPart):
 class BlocksThenHead(LocalPart):
     """Block(s) then a head as one trainable part (a greedy stage: block j and head j; e2e: every block and the
     last head), trained by `objective`. The blocks and the head are children named 0..n-1, as they were in the
-    nn.Sequential this part used to be, so saved weights and states keep their names."""
+    nn.Sequential this part used to be, so saved weights and states keep their names.
 
-    def __init__(self, *modules: nn.Module, objective: LocalObjective):
+    `checkpoint_units` (e2e with grad_checkpoint): the units of the blocks, in order; during training each runs
+    under torch.utils.checkpoint, so only unit inputs are kept for the backward pass and each unit's forward is
+    recomputed there (BatchNorm statistics are updated once, by the first forward, as without checkpointing).
+    """
+
+    def __init__(self, *modules: nn.Module, objective: LocalObjective,
+                 checkpoint_units: list[nn.Module] | None = None):
         super().__init__()
         for i, module in enumerate(modules):
             self.add_module(str(i), module)
         self.size = len(modules)
         self.objective = objective
+        self.checkpoint_units = checkpoint_units  # a plain list: the units are registered as the blocks' children
 
     def run_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
-        for i in range(self.size - 1):
-            x = self._modules[str(i)](x)
+        if self.checkpoint_units is not None and torch.is_grad_enabled():
+            for unit in self.checkpoint_units:
+                x = checkpoint(unit, x, use_reentrant=False, context_fn=functools.partial(_recompute_context, unit))
+        else:
+            for i in range(self.size - 1):
+                x = self._modules[str(i)](x)
         return x, self._modules[str(self.size - 1)]
+
+
+def _recompute_context(unit: nn.Module) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """torch.utils.checkpoint's (forward, recomputation) contexts for `unit`: the recomputation leaves the unit's
+    BatchNorm running statistics as the forward left them (it would update them a second time)."""
+    return contextlib.nullcontext(), _kept_buffers(unit)
+
+
+@contextlib.contextmanager
+def _kept_buffers(unit: nn.Module) -> Iterator[None]:
+    saved = [(buf, buf.clone()) for buf in unit.buffers()]
+    try:
+        yield  # the recomputation may end early, by an exception (torch.utils.checkpoint's early stop)
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
 
 
 @dataclass
@@ -124,16 +156,18 @@ class GreedyBuilder:
 
     def __init__(self, net: GreedyNet, mode: str = "greedy", objective: str = "ce", *, options: dict | None = None,
                  image_shape: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
-                 std: tuple[float, ...] | None = None):
+                 std: tuple[float, ...] | None = None, grad_checkpoint: bool = False):
         """`objective`: the registered local objective (config key `objective`) each block is trained on, with
         `options` (schema.objective_options); the e2e stage trains the whole net on the last block's.
         `image_shape` (C, H, W) of the input and the `mean`, `std` it was normalized with: what objectives with
-        modules of their own need (ModuleSpec); `for_run` passes them. Raises ValueError for an unknown mode,
-        UsageError for an unknown objective."""
+        modules of their own need (ModuleSpec); `for_run` passes them. `grad_checkpoint` (e2e): the e2e part
+        recomputes each unit's activations in the backward pass (BlocksThenHead). Raises ValueError for an unknown
+        mode, UsageError for an unknown objective."""
         if mode not in ("greedy", "e2e", "decoupled"):
             raise ValueError(f"GreedyBuilder trains greedy, e2e or decoupled stages, not {mode!r}")
         self.net = net
         self.mode = mode
+        self.grad_checkpoint = grad_checkpoint
         num = net.num_stages
         outs = [out for _, out in net.module_shapes(image_shape[0], image_shape[-1])] if image_shape else [None] * num
         self.objectives = [create_objective(objective, ModuleSpec(j, num, net.num_classes, outs[j], image_shape, mean,
@@ -146,7 +180,7 @@ class GreedyBuilder:
         and normalization."""
         return cls(net, cfg.mode, cfg.objective, options=objective_options(cfg),
                    image_shape=(data.in_chans, data.img_size, data.img_size), mean=data.mean or None,
-                   std=data.std or None)
+                   std=data.std or None, grad_checkpoint=cfg.grad_checkpoint)
 
     @property
     def num_stages(self) -> int:
@@ -165,7 +199,11 @@ class GreedyBuilder:
         net = self.net
         last = net.num_stages - 1
         if self.mode == "e2e":
-            trainable = BlocksThenHead(*net.blocks, net.heads[last], objective=self.objectives[last])
+            units = ([unit for j, block in enumerate(net.blocks)
+                      for unit in ([block] if len(net.module_units[j]) == 1 else list(block))]
+                     if self.grad_checkpoint else None)
+            trainable = BlocksThenHead(*net.blocks, net.heads[last], objective=self.objectives[last],
+                                       checkpoint_units=units)
             stage = Stage(last, "e2e", freeze_prefix(net, 0), trainable)
         elif self.mode == "decoupled":
             parts = nn.ModuleList(BlockWithHead(b, h, o) for b, h, o in zip(net.blocks, net.heads, self.objectives,

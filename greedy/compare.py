@@ -28,22 +28,59 @@ BUDGETS = ("per_stage", "total")
 # ---------------------------------------------------------------------------------------------- the grid
 
 
+# The methods of the local-learning table (InfoPro, Wang et al. ICLR 2021, Table 2): each is config overrides on
+# one config and split K. The local methods train in the comparison's mode for them (greedy or decoupled).
+METHODS: dict[str, dict[str, Any]] = {
+    "greedy_sl": {"objective": "ce"},  # the config's auxiliary net, cross-entropy
+    "dgl": {"objective": "ce", "aux": "mlp_sr"},  # Belilovsky, Eickenberg, Oyallon, ICML 2020
+    "predsim": {"objective": "predsim"},  # Nokland & Eidnes, ICML 2019
+    "infopro_ce": {"objective": "infopro_ce"},  # Wang et al., ICLR 2021
+    "infopro_contrast": {"objective": "infopro_contrast"},
+    "e2e": {"mode": "e2e", "objective": "ce"},
+    "e2e_ckpt": {"mode": "e2e", "objective": "ce", "grad_checkpoint": True},  # the memory baseline
+}
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of the comparison."""
+    """One run of the comparison: a mode (and k) of the config, or one of METHODS in `mode`."""
 
     mode: str
     k: int
     seed: int
+    method: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.mode}-k{self.k}-s{self.seed}"
+        return f"{self.method}-s{self.seed}" if self.method else f"{self.mode}-k{self.k}-s{self.seed}"
+
+    @property
+    def label(self) -> str:
+        """What the tables call the run's group: the method, or the mode."""
+        return self.method or self.mode
+
+    def overrides(self) -> dict[str, Any]:
+        """The config keys this run sets."""
+        return {"mode": self.mode, "k": self.k, "seed": self.seed, **METHODS.get(self.method, {})}
 
 
 def run_specs(modes: list[str], ks: list[int], seeds: list[int]) -> list[RunSpec]:
     """Every (mode, k, seed), grouped by k then mode, so that a k's comparison is complete early."""
     return [RunSpec(m, k, s) for k in ks for m in modes for s in seeds]
+
+
+def method_specs(methods: list[str], mode: str, k: int, seeds: list[int]) -> list[RunSpec]:
+    """Every (method, seed), the local methods in `mode` (greedy or decoupled), grouped by method. Raises
+    UsageError for an unknown method or a mode that is not local."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise UsageError(f"--methods: unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise UsageError(f"--methods: {','.join(methods)} names a method twice")
+    if mode not in ("greedy", "decoupled"):
+        raise UsageError(f"--modes: with --methods, the one mode the local methods train in (greedy or decoupled), "
+                         f"not {mode!r}")
+    return [RunSpec(METHODS[m].get("mode", mode), k, s, m) for m in methods for s in seeds]
 
 
 def check_grid(modes: list[str], ks: list[int], seeds: list[int], budget: str) -> None:
@@ -155,13 +192,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 @dataclass
 class Group:
-    """The runs of one (mode, k) over seeds, and their cost."""
+    """The runs of one (mode, k) or method over seeds, and their cost."""
 
     mode: str
     k: int
     results: list[RunResult]
     cost: Cost
+    method: str | None = None
     depth: list[tuple[float, float]] = field(init=False)  # mean, std of each stage's head
+
+    @property
+    def label(self) -> str:
+        return self.method or self.mode
 
     def __post_init__(self) -> None:
         by_stage = zip(*(accuracy_by_depth(r) for r in self.results), strict=True)
@@ -183,6 +225,7 @@ def aggregate(groups: list[Group]) -> list[dict[str, Any]]:
         train_s = g.values(lambda r: r.summary["total_time_s"])
         process_s = g.values(lambda r: r.process_seconds)
         rows.append({
+            **({"method": g.method} if g.method else {}),
             "mode": g.mode, "k": g.k, "seeds": len(g.results), "epochs": g.cost.epochs,
             "final_acc_mean": final[0], "final_acc_std": final[1],
             "best_stage": best + 1 if best is not None else None,
@@ -193,6 +236,7 @@ def aggregate(groups: list[Group]) -> list[dict[str, Any]]:
             "process_s_mean": process_s[0], "process_s_std": process_s[1],
             "train_flops": g.cost.train_flops, "cache_flops": g.cost.cache_flops, "feature_cache": g.cost.cached,
             "images_per_block": g.cost.images_per_block, "peak_activation_bytes": g.cost.peak_activation_bytes,
+            "auxiliary_params": g.cost.auxiliary_params,
         })
     return rows
 
@@ -225,17 +269,21 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The comparison table; FLOPs of cached greedy runs carry footnote ¹."""
-    head = ["mode", "k", "epochs / block", "final test acc %", "best stage: acc %", "ensemble acc %", "train s",
-            "process s", "training FLOPs", "images / block", "peak activations MiB"]
+    methods = "method" in rows[0]
+    head = [*(["method"] if methods else []), "mode", "k", "epochs / block", "final test acc %", "best stage: acc %",
+            "ensemble acc %", "train s", "process s", "training FLOPs", "images / block", "peak activations MiB",
+            "auxiliary params"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         best = "—" if r["best_stage"] is None else \
             f"{r['best_stage']}: {_pm(r['best_stage_acc_mean'], r['best_stage_acc_std'])}"
-        cells = [r["mode"], str(r["k"]), str(r["epochs"]), _pm(r["final_acc_mean"], r["final_acc_std"]), best,
+        cells = [*([r["method"]] if methods else []), r["mode"], str(r["k"]), str(r["epochs"]),
+                 _pm(r["final_acc_mean"], r["final_acc_std"]), best,
                  _pm(r["ensemble_acc_mean"], r["ensemble_acc_std"]),
                  _pm(r["train_s_mean"], r["train_s_std"], 1, 1), _pm(r["process_s_mean"], r["process_s_std"], 1, 1),
                  _flops_text(r["train_flops"]) + (" ¹" if r["feature_cache"] else ""),
-                 f"{r['images_per_block']:,}", f"{r['peak_activation_bytes'] / 2**20:.1f}"]
+                 f"{r['images_per_block']:,}", f"{r['peak_activation_bytes'] / 2**20:.1f}",
+                 f"{r['auxiliary_params']:,}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -243,109 +291,28 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def depth_table(groups: list[Group]) -> str:
     """Test accuracy (%) of each stage's head, mean ± std over seeds."""
     stages = max(len(g.results[0].summary["stage_test_acc"]) for g in groups)
-    head = ["mode", "k", *(f"stage {j + 1}" for j in range(stages))]
+    head = ["method" if groups[0].method else "mode", "k", *(f"stage {j + 1}" for j in range(stages))]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         cells = [_pm(m, s) for m, s in g.depth]
         if g.mode == "e2e":  # only the last head is trained
             cells = ["—"] * (stages - 1) + cells
-        lines.append("| " + " | ".join([g.mode, str(g.k), *cells]) + " |")
+        lines.append("| " + " | ".join([g.label, str(g.k), *cells]) + " |")
     return "\n".join(lines)
 
 
 def memory_table(groups: list[Group]) -> str:
     """MiB saved for backward in one training step of each greedy stage / decoupled part, and of the e2e net."""
     pieces = max(len(g.cost.piece_activation_bytes) for g in groups)
-    head = ["mode", "k", *(f"module {j + 1}" for j in range(pieces)), "max", "vs e2e"]
-    e2e = {g.k: g.cost.peak_activation_bytes for g in groups if g.mode == "e2e"}
+    head = ["method" if groups[0].method else "mode", "k", *(f"module {j + 1}" for j in range(pieces)), "max",
+            "vs e2e"]
+    e2e = {g.k: g.cost.peak_activation_bytes for g in groups if g.label == "e2e"}
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         sizes = [f"{b / 2**20:.1f}" for b in g.cost.piece_activation_bytes]
         if g.mode == "e2e":
             sizes = ["—"] * (pieces - 1) + ["(whole net)"]
         ratio = f"{g.cost.peak_activation_bytes / e2e[g.k]:.2f}x" if g.k in e2e else "—"
-        cells = [g.mode, str(g.k), *sizes, f"{g.cost.peak_activation_bytes / 2**20:.1f}", ratio]
+        cells = [g.label, str(g.k), *sizes, f"{g.cost.peak_activation_bytes / 2**20:.1f}", ratio]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------- plots
-
-LINESTYLES = {"greedy": "-", "decoupled": "--", "e2e": ":"}
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt, *plt.subplots(figsize=(7, 4.5), dpi=100)
-
-
-def _png(plt, fig) -> bytes:
-    """The figure as PNG bytes, without metadata that would change between identical plots."""
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _colors(groups: list[Group]) -> dict[int, str]:
-    return {k: f"C{i}" for i, k in enumerate(sorted({g.k for g in groups}))}
-
-
-def plot_depth(groups: list[Group]) -> bytes:
-    """Test accuracy of stage j's head (greedy, decoupled), mean ± std over seeds; e2e's final as a line per k."""
-    plt, fig, ax = _figure()
-    colors = _colors(groups)
-    for g in groups:
-        mean = [100 * m for m, _ in g.depth]
-        std = [0.0 if math.isnan(s) else 100 * s for _, s in g.depth]
-        label = f"{g.mode} k={g.k}"
-        if g.mode == "e2e":
-            ax.axhline(mean[-1], color=colors[g.k], ls=LINESTYLES["e2e"], label=f"{label} (final)")
-            continue
-        stages = range(1, len(g.depth) + 1)
-        ax.errorbar(stages, mean, yerr=std, color=colors[g.k],
-                    ls=LINESTYLES[g.mode], marker="o", capsize=3, label=label)
-    ax.set(xlabel="stage (block) j", ylabel="test accuracy of head j (%)", title="Accuracy by depth")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(plt, fig)
-
-
-def plot_time(groups: list[Group]) -> bytes:
-    """Test accuracy after every epoch against training seconds so far, both averaged over seeds."""
-    plt, fig, ax = _figure()
-    colors = _colors(groups)
-    for g in groups:
-        curves = [time_curve(r) for r in g.results]
-        n = min(len(c) for c in curves)
-        seconds = [statistics.fmean(c[i][0] for c in curves) for i in range(n)]
-        accs = [100 * statistics.fmean(c[i][1] for c in curves) for i in range(n)]
-        ax.plot(seconds, accs, color=colors[g.k], ls=LINESTYLES[g.mode], marker=".", label=f"{g.mode} k={g.k}")
-    ax.set(xlabel="training wall time (s, cumulative over stages)", ylabel="test accuracy (%)",
-           title="Accuracy vs wall-clock time")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(plt, fig)
-
-
-def plot_memory(groups: list[Group]) -> bytes:
-    """Peak activation memory (bytes saved for backward in one step) per mode, bars grouped by k."""
-    plt, fig, ax = _figure()
-    modes = list(dict.fromkeys(g.mode for g in groups))
-    ks = sorted({g.k for g in groups})
-    width = 0.8 / len(modes)
-    for i, mode in enumerate(modes):
-        found = {g.k: g.cost.peak_activation_bytes / 2**20 for g in groups if g.mode == mode}
-        xs = [ks.index(k) + (i - (len(modes) - 1) / 2) * width for k in found]
-        bars = ax.bar(xs, list(found.values()), width, label=mode, color=f"C{MODES.index(mode)}")
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(len(ks)), [f"k={k}" for k in ks])
-    ax.set(ylabel="MiB saved for backward (one step, max over stages)", title="Peak activation memory per mode")
-    ax.legend(fontsize=8)
-    return _png(plt, fig)

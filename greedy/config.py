@@ -245,6 +245,9 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     _check_pipeline(cfg)
     _check_probes(cfg)
     _check_objective(cfg)
+    if cfg.grad_checkpoint and cfg.mode != "e2e":
+        raise UsageError(f"config key 'grad_checkpoint': true recomputes the activations of end-to-end training "
+                         f"(mode is {cfg.mode}, whose parts keep only one module's); pass --mode e2e or drop it")
     if check_data and DATASETS[cfg.dataset].files and not cfg.download and not Path(cfg.data_dir).is_dir():
         raise UsageError(
             f"data directory {cfg.data_dir} for dataset '{cfg.dataset}' does not exist; "
@@ -254,7 +257,7 @@ def validate(cfg: Config, check_data: bool = True) -> None:
 
 def _check_objective(cfg: Config) -> None:
     """infopro_lambdas: four finite weights >= 0. An objective that reads the input images at every module
-    (InfoPro) cannot train on cached features (cache on) nor in a pipeline, which sends only activations."""
+    (InfoPro) cannot train on cached features (cache on)."""
     lambdas = cfg.infopro_lambdas
     if len(lambdas) != 4 or not all(math.isfinite(v) and v >= 0 for v in lambdas):
         raise UsageError(f"config key 'infopro_lambdas': {lambdas} must be 4 finite weights >= 0: lambda1, lambda2 "
@@ -264,9 +267,6 @@ def _check_objective(cfg: Config) -> None:
     if cfg.cache == "on" and cfg.mode == "greedy":
         raise UsageError(f"config key 'cache': on trains on the frozen prefix's cached features, but objective "
                          f"{cfg.objective} reconstructs the input images at every module; pass --cache off")
-    if cfg.pipeline > 1:
-        raise UsageError(f"config key 'pipeline': {cfg.pipeline} groups send only activations between processes, "
-                         f"but objective {cfg.objective} reads the input images at every module; pass --pipeline 1")
 
 
 def _check_pipeline(cfg: Config) -> None:

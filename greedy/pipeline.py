@@ -164,6 +164,7 @@ class Pipeline:
         self.placement = Placement(tuple(split), world // cfg.pipeline, accelerator.process_index)
         p = self.placement
         self.in_shape = meta_net.module_shapes(in_chans, img_size)[p.blocks()[0]][0]  # (C, H, W) of our input
+        self.image_shape = (in_chans, img_size, img_size)  # of the net's input, sent along for InfoPro
         self.prev = p.rank_of(p.group - 1) if p.group > 0 else None
         self.next = p.rank_of(p.group + 1) if p.group < p.groups - 1 else None
         self.replica_group = None
@@ -206,36 +207,40 @@ class Pipeline:
 
     # --- point-to-point: activations and labels to the next group, from the previous one ----------------------
 
-    def received(self, sizes: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The (activation, labels) batches of the previous group, `sizes` samples each, received IN_FLIGHT
-        batches ahead of the one being computed."""
+    def received(self, sizes: list[int], images: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The (activation, labels, input images or None) batches of the previous group, `sizes` samples each,
+        received IN_FLIGHT batches ahead of the one being computed; the images travel only when `images` is set
+        (an objective that reads them, InfoPro)."""
         ahead: deque = deque()
         pending = iter(sizes)
 
         def post(n: int) -> None:
-            x = torch.empty((n, *self.in_shape), device=self.device)
-            y = torch.empty(n, dtype=torch.long, device=self.device)
+            batch = [torch.empty((n, *self.in_shape), device=self.device),
+                     torch.empty(n, dtype=torch.long, device=self.device)]
+            if images:
+                batch.append(torch.empty((n, *self.image_shape), device=self.device))
             with self.talking_to(self.prev, "receiving a batch"):
-                ahead.append((x, y, dist.irecv(x, self.prev, tag=0), dist.irecv(y, self.prev, tag=1)))
+                ahead.append((batch, [dist.irecv(t, self.prev, tag=tag) for tag, t in enumerate(batch)]))
 
         for n in (next(pending, None) for _ in range(IN_FLIGHT)):
             if n is not None:
                 post(n)
         while ahead:
-            x, y, wx, wy = ahead.popleft()
-            self._wait(wx, self.prev, "receiving a batch")
-            self._wait(wy, self.prev, "receiving a batch")
+            batch, works = ahead.popleft()
+            for work in works:
+                self._wait(work, self.prev, "receiving a batch")
             n = next(pending, None)
             if n is not None:
                 post(n)
-            yield as_input(x, self.cfg.channels_last), y
+            x, y, *image = batch
+            yield as_input(x, self.cfg.channels_last), y, (image[0] if image else None)
 
-    def send(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Send a batch's last-block output and labels to the next group without waiting (at most IN_FLIGHT
-        sends outstanding)."""
-        x = x.detach().contiguous()
+    def send(self, x: torch.Tensor, y: torch.Tensor, image: torch.Tensor | None = None) -> None:
+        """Send a batch's last-block output, labels and (when given) input images to the next group without
+        waiting (at most IN_FLIGHT sends outstanding)."""
+        batch = [x.detach().contiguous(), y] + ([image.contiguous()] if image is not None else [])
         with self.talking_to(self.next, "sending a batch"):
-            self.sending.append((x, y, dist.isend(x, self.next, tag=0), dist.isend(y, self.next, tag=1)))
+            self.sending.append((batch, [dist.isend(t, self.next, tag=tag) for tag, t in enumerate(batch)]))
         while len(self.sending) > IN_FLIGHT:
             self._flush_one()
 
@@ -244,9 +249,9 @@ class Pipeline:
             self._flush_one()
 
     def _flush_one(self) -> None:
-        _, _, wx, wy = self.sending.popleft()
-        self._wait(wx, self.next, "sending a batch")
-        self._wait(wy, self.next, "sending a batch")
+        _, works = self.sending.popleft()
+        for work in works:
+            self._wait(work, self.next, "sending a batch")
 
     # --- data: only group 0 reads it; the others know the batch sizes ------------------------------------------
 
@@ -273,19 +278,22 @@ class Pipeline:
                                     put_on_device=True, use_seedable_sampler=True, data_seed=cfg.seed)
         return train, test
 
-    def batches(self, loader, prefix: nn.Module | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This group's input batches: group 0 reads `loader` and runs the frozen `prefix`; the others receive."""
+    def batches(self, loader, prefix: nn.Module | None,
+                images: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """This group's input batches (x, y, input images when `images`, else None): group 0 reads `loader` and
+        runs the frozen `prefix`; the others receive."""
         if self.prev is not None:
             sizes = (loader.batch_sizes() if isinstance(loader, DeviceLoader)
                      else [len(b) for b in loader.batch_sampler])
-            yield from self.received(sizes)
+            yield from self.received(sizes, images)
             return
         for x, y in loader:
             x, y = as_input(x.to(self.device), self.cfg.channels_last), y.to(self.device)
+            image = x if images else None
             if prefix is not None:
                 with torch.no_grad():
                     x = prefix(x)
-            yield x, y
+            yield x, y, image
 
     # --- training -------------------------------------------------------------------------------------------
 
@@ -387,18 +395,18 @@ class Pipeline:
         terms = TermSums(stage.objectives, self.device)
         divergence = DivergenceCheck(stage, epoch, self.device)
         steps = 0
-        for x, y in self.batches(loader, prefix):
+        for x, y, image in self.batches(loader, prefix, stage.needs_input):
             losses = torch.zeros(n, device=self.device)
             logged = {}
             for j, model, optimizer in zip(mine, models, optimizers, strict=True):
-                result, h = _fit(model, optimizer, self.accelerator, x, y)
+                result, h = _fit(model, optimizer, self.accelerator, x, y, image)
                 losses[j] = result.loss.detach().float()
                 sums[1, j] += accuracy_counts(result.logits.detach(), y)
                 terms.add(j, result.terms, y.numel())
                 logged[j] = result.terms
                 x = h.detach()
             if self.next is not None:
-                self.send(x, y)
+                self.send(x, y, image)
             sums[0] += losses * y.numel()
             seen += y.numel()
             step += 1
@@ -425,7 +433,7 @@ class Pipeline:
         for part in parts:
             part.eval()
         correct, total = torch.zeros(n, dtype=torch.long), 0
-        for x, y in self.batches(loader, prefix):
+        for x, y, _ in self.batches(loader, prefix):
             for j, part in zip(mine, parts, strict=True):
                 x, logits = part(x)
                 correct[j] += (logits.argmax(1) == y).sum().cpu()

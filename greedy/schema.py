@@ -139,6 +139,8 @@ class Config:
     grad_accum: int = _speed(1, "batches whose gradients are summed per optimizer step")
     channels_last: bool = _speed(False, "NHWC memory format (faster convs on GPUs with tensor cores)")
     compile: bool = _speed(False, "torch.compile each trained part")
+    grad_checkpoint: bool = _speed(False, "mode e2e: recompute each unit's activations during the backward pass "
+                                   "(torch.utils.checkpoint per unit): less activation memory for more compute")
     cache: str = _speed("auto", "cache the frozen prefix's features (auto: when the train transform is "
                        "deterministic)", AUTO_ON_OFF)
     cache_budget_gb: float = _speed(4.0, "RAM for cached features, GiB; beyond it a memory-mapped file")

@@ -1,4 +1,5 @@
-"""Greedy vs end-to-end vs decoupled training of one config: same architecture, data, augmentation and seeds.
+"""Greedy vs end-to-end vs decoupled training of one config, or the methods of local learning on one split: same
+architecture, data, augmentation and seeds.
 
     python scripts/compare.py -c configs/digits_k2.yaml --seeds 0,1
     python scripts/compare.py -c configs/fashion_mnist_compare.yaml --k 1,2,3 --seeds 0,1 --jobs 2 \\
@@ -6,12 +7,16 @@
     python scripts/compare.py -c configs/cifar10_k3.yaml --k 3 \\
         --launcher "accelerate launch --multi_gpu --num_processes 8" -- --data-dir /data/cifar10
     python scripts/compare.py -c configs/imagenet_k3.yaml --k 3 --plan       # the commands and costs, no training
+    python scripts/compare.py -c configs/fashion_mnist_resnet.yaml --seeds 0,1 --modes decoupled \\
+        --methods greedy_sl,dgl,predsim,infopro_ce,infopro_contrast,e2e,e2e_ckpt \\
+        -- --num-modules 4 --data-dir ../shared/data/fashion-mnist
 
-Every (mode, k, seed) is one `train.py` run in OUT_DIR/EXPERIMENT/<mode>-k<k>-s<seed>/. Runs are resumable: one
-whose summary.json exists is not run again, a run directory without it is continued with `train.py --resume`.
-Arguments after `--` are train.py config overrides shared by every run. Then OUT_DIR/EXPERIMENT/ gets
-comparison.md, comparison.csv, accuracy_by_depth.png, accuracy_vs_time.png and memory.png; logs/ keeps each
-run's output and process wall time.
+Every (mode, k, seed) is one `train.py` run in OUT_DIR/EXPERIMENT/<mode>-k<k>-s<seed>/; with --methods, every
+(method, seed) of greedy.compare.METHODS on the config's split, in OUT_DIR/EXPERIMENT/<method>-s<seed>/. Runs are
+resumable: one whose summary.json exists is not run again, a run directory without it is continued with
+`train.py --resume`. Arguments after `--` are train.py config overrides shared by every run. Then
+OUT_DIR/EXPERIMENT/ gets comparison.md, comparison.csv, accuracy_by_depth.png, accuracy_vs_time.png, memory.png
+and loss_terms.png; logs/ keeps each run's output and process wall time.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from greedy import compare  # noqa: E402
+from greedy import compare_plots as plots  # noqa: E402
 from greedy.checkpoint import RunDir  # noqa: E402
 from greedy.compare import Group, RunSpec  # noqa: E402
 from greedy.config import build_config, config_arguments, load_yaml, make_parser  # noqa: E402
@@ -41,13 +47,13 @@ from greedy.config import overrides_from_args as config_overrides  # noqa: E402
 from greedy.cost import measure_cost, train_size  # noqa: E402
 from greedy.errors import UsageError, run_cli  # noqa: E402
 from greedy.files import write_bytes  # noqa: E402
-from greedy.schema import RESUME_MUTABLE, Config  # noqa: E402
+from greedy.schema import MODES, RESUME_MUTABLE, Config  # noqa: E402
 
 # Keys the comparison sets for each run: not overridable after `--`.
 OWNED = {"mode": "--modes", "k": "--k", "seed": "--seeds", "name": "--experiment", "out_dir": "--out-dir",
          "experiment": "--experiment", "tracker": "--wandb"}
-PLOTS = {"accuracy_by_depth.png": compare.plot_depth, "accuracy_vs_time.png": compare.plot_time,
-         "memory.png": compare.plot_memory}
+PLOTS = {"accuracy_by_depth.png": plots.plot_depth, "accuracy_vs_time.png": plots.plot_time,
+         "memory.png": plots.plot_memory, "loss_terms.png": plots.plot_loss_terms}
 
 
 def get_args(argv: list[str]) -> argparse.Namespace:
@@ -55,8 +61,12 @@ def get_args(argv: list[str]) -> argparse.Namespace:
     own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     p = make_parser("compare.py", "Greedy vs end-to-end vs decoupled training of one config.")
     p.add_argument("-c", "--config", required=True, help="YAML config (configs/*.yaml)")
-    p.add_argument("--modes", default="greedy,e2e,decoupled", help="comma-separated: greedy,e2e,decoupled")
-    p.add_argument("--k", default="1,2,3", help="comma-separated auxiliary-problem depths, each in 1..3")
+    p.add_argument("--modes", help="comma-separated: greedy,e2e,decoupled (default all three); with --methods "
+                   "the one mode the local methods train in (default: the config's, decoupled if it is e2e)")
+    p.add_argument("--k", help="comma-separated auxiliary-problem depths, each in 1..3 (default 1,2,3; with "
+                   "--methods the config's k)")
+    p.add_argument("--methods", help=f"comma-separated methods on the config's split instead of modes x k: "
+                   f"{','.join(compare.METHODS)}")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--budget", default="per_stage", help="epochs of e2e and decoupled: per_stage | total")
     p.add_argument("--experiment", help="the experiment folder and W&B group (default: <config>-compare)")
@@ -117,27 +127,53 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Check every input and resolve every run's config before anything runs."""
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    ks, seeds = int_list("--k", args.k), int_list("--seeds", args.seeds)
-    compare.check_grid(modes, ks, seeds, args.budget)
+    yaml_values = load_yaml(args.config)
+    extra = train_overrides(args.train_args)
+    base = build_config({**yaml_values, **extra}, check_data=False)
+    methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
+    seeds = int_list("--seeds", args.seeds)
+    if methods:
+        specs = method_specs(args, base, methods, seeds, extra)
+    else:
+        modes = [m.strip() for m in (args.modes or ",".join(MODES)).split(",") if m.strip()]
+        ks = int_list("--k", args.k or "1,2,3")
+        compare.check_grid(modes, ks, seeds, args.budget)
+        specs = compare.run_specs(modes, ks, seeds)
     if args.jobs < 1:
         raise UsageError(f"--jobs: must be at least 1, got {args.jobs}")
     if args.jobs > 1 and args.launcher:
         raise UsageError("--jobs above 1 with --launcher: the runs would share the launcher's devices; drop --jobs")
-    yaml_values = load_yaml(args.config)
-    extra = train_overrides(args.train_args)
-    base = build_config({**yaml_values, **extra}, check_data=False)
-    experiment = args.experiment or f"{Path(args.config).stem}-compare"
+    experiment = args.experiment or f"{Path(args.config).stem}-{'methods' if methods else 'compare'}"
     folder = Path(args.out_dir) / experiment
     runs = []
-    for spec in compare.run_specs(modes, ks, seeds):
-        own = {"mode": spec.mode, "k": spec.k, "seed": spec.seed, "out_dir": str(folder), "name": spec.name,
-               "experiment": experiment, "no_progress": True, **({"tracker": "wandb"} if args.wandb else {})}
+    for spec in specs:
+        own = {**spec.overrides(), "out_dir": str(folder), "name": spec.name, "experiment": experiment,
+               "no_progress": True, **({"tracker": "wandb"} if args.wandb else {})}
         values = {**yaml_values, **extra, **own}
         budget = compare.budget_overrides(build_config(values, check_data=False), spec.mode, args.budget)
         cfg = build_config({**values, **budget}, check_data=not args.plan)
         runs.append(Run(spec, cfg, folder / spec.name, {**extra, **own, **budget}))
     return Plan(args, base, experiment, folder, runs)
+
+
+def method_specs(args: argparse.Namespace, base: Config, methods: list[str], seeds: list[int],
+                 extra: dict[str, Any]) -> list[compare.RunSpec]:
+    """The runs of `--methods`: every method x seed on the config's split, the local methods in one mode."""
+    set_by_methods = sorted({key for m in methods for key in compare.METHODS.get(m, {})} & set(extra))
+    if set_by_methods:
+        raise UsageError(f"--{set_by_methods[0].replace('_', '-')} after `--`: --methods sets it per method; drop it")
+    if args.budget not in compare.BUDGETS:
+        raise UsageError(f"--budget: {args.budget!r} is not one of {', '.join(compare.BUDGETS)}")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else []
+    if len(modes) > 1:
+        raise UsageError(f"--modes: with --methods, the one mode the local methods train in, not {args.modes}")
+    mode = modes[0] if modes else ("decoupled" if base.mode == "e2e" else base.mode)
+    ks = int_list("--k", args.k) if args.k else [base.k]
+    if len(ks) != 1 or not 1 <= ks[0] <= 3:
+        raise UsageError(f"--k: with --methods, one auxiliary-problem depth in 1..3, not {args.k}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds: {args.seeds} must name at least one seed, each once")
+    return compare.method_specs(methods, mode, ks[0], seeds)
 
 
 def check_existing(run: Run) -> None:
@@ -250,11 +286,12 @@ def groups_of(plan: Plan, n_train: int) -> list[Group]:
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     by_key: dict[tuple[str, int], list[Run]] = {}
     for run in plan.runs:
-        by_key.setdefault((run.spec.mode, run.spec.k), []).append(run)
+        by_key.setdefault((run.spec.label, run.spec.k), []).append(run)
     groups = []
-    for (mode, k), runs in by_key.items():
+    for runs in by_key.values():
+        spec = runs[0].spec
         results = [compare.load_result(r.spec, r.path, times.get(r.spec.name)) for r in runs]
-        groups.append(Group(mode, k, results, measure_cost(runs[0].cfg, n_train)))
+        groups.append(Group(spec.mode, spec.k, results, measure_cost(runs[0].cfg, n_train), spec.method))
     return groups
 
 
@@ -268,20 +305,24 @@ def write_if_changed(path: Path, data: str | bytes) -> None:
 def report_markdown(plan: Plan, groups: list[Group], rows: list[dict[str, Any]], command: str) -> str:
     cfg = plan.base
     cached = any(r["feature_cache"] for r in rows)
+    methods = groups[0].method is not None
+    what = (f"every method trains the same architecture, split into K = {cfg.num_blocks} local modules, the local "
+            f"ones in mode {plan.runs[0].spec.mode if plan.runs[0].spec.mode != 'e2e' else cfg.mode}," if methods
+            else "every mode trains the same architecture for a given k")
     lines = [
-        f"# {plan.experiment}: greedy vs end-to-end vs decoupled", "",
+        f"# {plan.experiment}: {'methods of local learning' if methods else 'greedy vs end-to-end vs decoupled'}", "",
         f"`{command}`", "",
         f"Config `{plan.args.config}` ({cfg.dataset}, widths {cfg.widths}, downsample {cfg.downsample}, batch "
-        f"{cfg.batch_size}, lr {cfg.lr:g}, augment {cfg.augment}); every mode trains the same architecture for "
-        f"a given k on the same data with the same optimizer, schedule shape and augmentation.", "",
+        f"{cfg.batch_size}, lr {cfg.lr:g}, augment {cfg.augment}); {what} on the same data with the same optimizer, "
+        "schedule shape, augmentation and seeds.", "",
         compare.budget_rule(cfg, plan.args.budget), "",
         "Mean ± std over seeds (sample std; none shown for one seed).", "",
         compare.markdown_table(rows), "",
         "Test accuracy of each stage's head (e2e trains only the last one):", "",
         compare.depth_table(groups), "",
         "Activation memory: MiB saved for backward in one training step of each piece that is backpropagated on "
-        "its own (greedy: block j + its auxiliary net; decoupled: each block + its auxiliary net, on the detached "
-        "output of the block before; e2e: the whole net), at the config's batch size:", "",
+        "its own (greedy: block j + its auxiliary net and its objective's modules; decoupled: each block + the same, "
+        "on the detached output of the block before; e2e: the whole net), at the config's batch size:", "",
         compare.memory_table(groups), "",
         "- *best stage*: the stage whose head has the best mean test accuracy (greedy, decoupled).",
         "- *ensemble*: the paper's ensemble of all heads (softmax outputs weighted by 2^j).",
@@ -296,7 +337,15 @@ def report_markdown(plan: Plan, groups: list[Group], rows: list[dict[str, Any]],
         "- *peak activations*: bytes autograd saves for backward in one training step at the config's batch "
         "size (greedy.profiling.saved_tensor_bytes, parameters excluded), max over greedy stages / decoupled "
         "parts (each part's graph is freed by its own backward); measured on CPU.",
+        "- *auxiliary params*: parameters trained only to train the net: the auxiliary nets of modules 1..K-1 and "
+        "the local objectives' own modules (PredSim's conv and linear layer, InfoPro's decoder and head); 0 for e2e.",
+        "- loss_terms.png: each local objective's weighted loss terms per module and epoch, mean over seeds.",
     ]
+    if methods:
+        lines.append("- *methods*: " + "; ".join(f"{g.label}: " + (", ".join(
+            f"{k} {v}" for k, v in compare.METHODS[g.label].items()) or "the config as it is") for g in groups) +
+            " (e2e_ckpt: end to end with torch.utils.checkpoint per unit, each unit's activations recomputed in "
+            "the backward pass).")
     if cached:
         lines.append("- ¹ greedy trains on cached features (`greedy.cache`, augment none): the frozen prefix's "
                      "forward is counted once per stage (one block forward over the training set as the cache "
@@ -340,11 +389,11 @@ def plan_costs(plan: Plan) -> str:
              "peak activations MiB |", "|---|---|---|---|---|---|"]
     seen = set()
     for run in plan.runs:
-        if (run.spec.mode, run.spec.k) in seen:
+        if (run.spec.label, run.spec.k) in seen:
             continue
-        seen.add((run.spec.mode, run.spec.k))
+        seen.add((run.spec.label, run.spec.k))
         cost = measure_cost(run.cfg, n_train)
-        lines.append(f"| {run.spec.mode} | {run.spec.k} | {cost.epochs} | {cost.train_flops:.3g}"
+        lines.append(f"| {run.spec.label} | {run.spec.k} | {cost.epochs} | {cost.train_flops:.3g}"
                      f"{' (cached)' if cost.cached else ''} | {cost.images_per_block:,} | "
                      f"{cost.peak_activation_bytes / 2**20:.1f} |")
     return "\n".join(lines)

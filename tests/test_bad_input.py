@@ -90,11 +90,12 @@ BAD_VALUES = [
     (["--contrast-temperature", "0"], "config key 'contrast_temperature': 0.0 is outside the allowed range (0, inf)"),
     (["--infopro-lambdas", "5,1,0"], "config key 'infopro_lambdas': [5.0, 1.0, 0.0] must be 4 finite weights >= 0"),
     (["--infopro-lambdas", "5,1,-1,0"], "config key 'infopro_lambdas': [5.0, 1.0, -1.0, 0.0] must be 4 finite"),
+    (["--grad-checkpoint", "true"], "config key 'grad_checkpoint': true recomputes the activations of end-to-end "
+                                    "training (mode is greedy"),
+    (["--grad-checkpoint", "maybe"], "config key 'grad_checkpoint': 'maybe' is not a boolean"),
     (["--infopro-lambdas", "5,x,0,1"], "config key 'infopro_lambdas': ['5', 'x', '0', '1'] is not a list of numbers"),
     (["--objective", "infopro_ce", "--cache", "on"], "config key 'cache': on trains on the frozen prefix's cached "
                                                      "features, but objective infopro_ce reconstructs the input"),
-    (["--objective", "infopro_contrast", "--mode", "decoupled", "--pipeline", "2"],
-     "config key 'pipeline': 2 groups send only activations between processes, but objective infopro_contrast"),
     (["--mixed-precision", "fp8"], "config key 'mixed_precision': 'fp8' is not one of no, bf16, fp16"),
     (["--tracker", "tensorboard"], "config key 'tracker': 'tensorboard' is not one of none, wandb"),
     (["--cache", "maybe"], "config key 'cache': 'maybe' is not one of auto, on, off"),

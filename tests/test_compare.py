@@ -15,8 +15,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from greedy import compare
 from greedy import cost as costs
 from greedy.builder import GreedyBuilder
+from greedy.checkpoint import RunDir
 from greedy.config import build_config, load_yaml
 from greedy.errors import UsageError
+from greedy.objectives import total_loss
 from greedy.profiling import saved_tensor_bytes
 from greedy.trainer import decoupled_step, train_step
 from tests.helpers import cli, load_script, tree_digest
@@ -25,7 +27,7 @@ from tests.wandb_log import read_offline_run
 ARGS = ["-c", "configs/digits_k2.yaml", "--modes", "greedy,e2e,decoupled", "--k", "1", "--seeds", "0,1",
         "--experiment", "tiny", "--jobs", "2"]
 TRAIN = ["--", "--widths", "16,16,32", "--downsample", "3", "--epochs", "2"]
-PLOTS = ("accuracy_by_depth.png", "accuracy_vs_time.png", "memory.png")
+PLOTS = ("accuracy_by_depth.png", "accuracy_vs_time.png", "memory.png", "loss_terms.png")
 RUNS = [f"{m}-k1-s{s}" for m in ("greedy", "e2e", "decoupled") for s in (0, 1)]
 
 
@@ -130,11 +132,50 @@ def test_bad_input_exits_2(tmp_path):
     (["-c", "configs/digits_k2.yaml", "--", "--epoks", "2"], "unrecognized arguments"),
     (["-c", "configs/fashion_mnist_k2.yaml", "--", "--data-dir", "/nonexistent"], "does not exist"),
     (["-c", "configs/digits_k2.yaml", "--jobs", "2", "--launcher", "accelerate launch"], "--jobs above 1"),
+    (["-c", "configs/digits_k2.yaml", "--methods", "dgl,infopro"], "--methods: unknown method 'infopro'; choose "
+                                                                     "from greedy_sl, dgl, predsim"),
+    (["-c", "configs/digits_k2.yaml", "--methods", "dgl,e2e,dgl"], "--methods: dgl,e2e,dgl names a method twice"),
+    (["-c", "configs/digits_k2.yaml", "--methods", "dgl", "--modes", "greedy,decoupled"],
+     "--modes: with --methods, the one mode the local methods train in, not greedy,decoupled"),
+    (["-c", "configs/digits_k2.yaml", "--methods", "dgl", "--modes", "e2e"], "--modes: with --methods, the one mode"),
+    (["-c", "configs/digits_k2.yaml", "--methods", "dgl", "--", "--aux", "cnn"],
+     "--aux after `--`: --methods sets it per method"),
 ])
 def test_bad_input_is_one_line(script, tmp_path, args, message):
     with pytest.raises(UsageError, match=message):
         script.main(["--out-dir", str(tmp_path), *args])
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+METHODS = ["greedy_sl", "dgl", "predsim", "infopro_contrast", "e2e", "e2e_ckpt"]
+
+
+@pytest.mark.training
+def test_methods_table_on_one_split(tmp_path):
+    """--methods: every method on the same ResNet split into 3 modules, the local ones decoupled; one table with
+    accuracy, time, activation memory per module against e2e and e2e_ckpt, auxiliary parameters, loss terms."""
+    cli("scripts/compare.py", "-c", "configs/digits_resnet.yaml", "--methods", ",".join(METHODS), "--seeds", "0",
+        "--modes", "decoupled", "--experiment", "methods", "--out-dir", str(tmp_path), "--",
+        "--num-modules", "3", "--epochs", "1", env={"OMP_NUM_THREADS": "2"})
+    folder = tmp_path / "methods"
+    rows = {r["method"]: r for r in csv.DictReader((folder / "comparison.csv").open())}
+    assert list(rows) == METHODS
+    assert [rows[m]["mode"] for m in METHODS] == ["decoupled"] * 4 + ["e2e"] * 2
+    assert all(float(r["final_acc_mean"]) > 0.3 for r in rows.values())  # one epoch; chance is 0.1
+    params = {m: int(r["auxiliary_params"]) for m, r in rows.items()}
+    assert params["e2e"] == params["e2e_ckpt"] == 0 < params["greedy_sl"] < params["predsim"]
+    assert params["greedy_sl"] < params["infopro_contrast"] and params["dgl"] != params["greedy_sl"]
+    memory = {m: int(r["peak_activation_bytes"]) for m, r in rows.items()}
+    assert memory["e2e_ckpt"] < memory["e2e"] and memory["greedy_sl"] < memory["e2e"]
+    assert memory["infopro_contrast"] > memory["greedy_sl"]  # its decoder works at the input's resolution
+    saved = {m: RunDir.open(folder / f"{m}-s0").load_config() for m in METHODS}
+    assert saved["dgl"].aux == "mlp_sr" and saved["e2e_ckpt"].grad_checkpoint and not saved["e2e"].grad_checkpoint
+    assert saved["infopro_contrast"].objective == "infopro_contrast" and saved["greedy_sl"].objective == "ce"
+    table = (folder / "comparison.md").read_text()
+    assert table.startswith("# methods: methods of local learning") and "| e2e_ckpt | e2e | 2 |" in table
+    assert "| method | k | module 1 | module 2 | module 3 | max | vs e2e |" in table
+    for name in PLOTS:
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_changed_config_is_refused_for_an_existing_experiment(experiment, script):
@@ -186,7 +227,7 @@ def test_wandb_summary_run_is_in_the_experiment_group(script, experiment, monkey
     saved = json.loads(table.read_text())
     assert saved["columns"] == list(rows[0]) and [r[0] for r in saved["data"]] == [r["mode"] for r in rows]
     images = sorted(p.name.split("_0_")[0] for p in files.glob("media/images/*.png"))
-    assert images == ["accuracy_by_depth", "accuracy_vs_time", "memory"]
+    assert images == ["accuracy_by_depth", "accuracy_vs_time", "loss_terms", "memory"]
 
 
 # ---------------------------------------------------------------------------------------------- greedy.compare
@@ -206,26 +247,33 @@ def test_budget_rule():
     assert compare.budget_overrides(cfg, "decoupled", "total") == {"epochs": 12, "decay_epochs": 9}
 
 
-@pytest.mark.parametrize("mode", ["greedy", "e2e", "decoupled"])
-def test_cost_matches_the_trainers_steps(mode, one_thread):
-    """FLOPs and saved bytes equal FlopCounterMode / saved_tensor_bytes around train_step / decoupled_step."""
-    cfg = tiny_config(k=3, mode=mode, cache="off", epochs=1)
+@pytest.mark.parametrize("mode, objective", [("greedy", "ce"), ("e2e", "ce"), ("decoupled", "ce"),
+                                             ("greedy", "predsim"), ("decoupled", "infopro_contrast")])
+def test_cost_matches_the_trainers_steps(mode, objective, one_thread):
+    """FLOPs and saved bytes equal FlopCounterMode / saved_tensor_bytes around train_step / decoupled_step, the
+    local objective's own modules included."""
+    cfg = tiny_config(k=3, mode=mode, cache="off", epochs=1, objective=objective)
     net, shape, _ = costs._net(cfg, "cpu")
     x, y = torch.randn(16, *shape), torch.randint(0, 10, (16,))
-    accelerator, builder = Accelerator(cpu=True), GreedyBuilder(net, mode)
-    weights = [*net.parameters(), *net.buffers()]
+    stats = (0.5,) * shape[0]
+    accelerator = Accelerator(cpu=True)
+    builder = GreedyBuilder(net, mode, objective, image_shape=shape, mean=stats, std=stats)
+    weights = [*net.parameters(), *net.buffers(), *(t for o in builder.objectives for t in (*o.parameters(),
+                                                                                          *o.buffers()))]
     flops, saved = 0.0, []
     for i in range(builder.num_stages):
         stage = builder.stage(i)
         optimizers = [torch.optim.SGD(p.parameters(), lr=0.0) for p in stage.parts]
         if stage.decoupled:
-            step = lambda s=stage, o=optimizers: decoupled_step(s.prefix, s.parts, o, accelerator, x, y)  # noqa: E731
+            step = lambda s=stage, o=optimizers: decoupled_step(  # noqa: E731
+                s.prefix, s.parts, o, accelerator, x, y, s.needs_input)
             h = stage.prefix(x)
             for part in stage.parts:  # each part's graph is freed by its own backward: its peak is its own
-                saved.append(saved_tensor_bytes(lambda p=part, h=h: F.cross_entropy(p(h)[1], y).backward(), weights))
+                saved.append(saved_tensor_bytes(lambda p=part, h=h: total_loss(p(h, y, x)[2]).backward(), weights))
                 h = part(h)[0].detach()
         else:
-            step = lambda s=stage, o=optimizers: train_step(s.prefix, s.trainable, o[0], accelerator, x, y)  # noqa: E731
+            step = lambda s=stage, o=optimizers: train_step(  # noqa: E731
+                s.prefix, s.trainable, o[0], accelerator, x, y, s.needs_input)
             saved.append(saved_tensor_bytes(step, weights))
         with FlopCounterMode(display=False) as counter:
             step()
@@ -238,7 +286,7 @@ def test_cost_matches_the_trainers_steps(mode, one_thread):
 def test_cached_greedy_counts_the_prefix_once(one_thread):
     uncached = costs.measure_cost(tiny_config(cache="off", epochs=3), n_train=100)
     cached = costs.measure_cost(tiny_config(cache="on", epochs=3), n_train=100)
-    prefix = [p for p, _ in costs.flops_per_image(tiny_config(), "greedy")]
+    prefix = [p for p, _ in costs.flops_per_image(tiny_config())]
     assert cached.cached and cached.cache_flops == prefix[-1] * 100  # blocks 1..J-1, once each
     assert uncached.train_flops - cached.step_flops == pytest.approx(sum(prefix) * 100 * 3)
 
@@ -251,7 +299,7 @@ def test_activation_bytes_extrapolate_exactly(one_thread):
     x, y = torch.randn(24, *shape), torch.randint(0, 10, (24,))
     direct = saved_tensor_bytes(lambda: F.cross_entropy(stage.trainable(x)[1], y).backward(),
                                 [*net.parameters(), *net.buffers()])
-    assert costs.activation_bytes(cfg, "e2e") == direct
+    assert costs.activation_bytes(tiny_config(batch_size=24, mode="e2e")) == direct
 
 
 def test_time_curve_adds_up_the_stages():

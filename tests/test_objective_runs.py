@@ -39,15 +39,18 @@ def test_every_objective_trains_the_digits_resnet(objective, mode, tmp_path):
             assert terms == {}
 
 
-def test_predsim_pipelined_over_two_processes_equals_the_sequential_run(tmp_path):
+@pytest.mark.parametrize("objective", ["predsim", "infopro_contrast"])
+def test_pipelined_over_two_processes_equals_the_sequential_run(objective, tmp_path):
+    """The second group (blocks 2 and 3) gets the activations and, for InfoPro, the input images: the same weights
+    and records as the sequential run."""
     args = ["-c", "configs/digits_k2.yaml", "--widths", "16,16,32", "--downsample", "3", "--epochs", "2",
-            "--no-progress", "--mode", "decoupled", "--objective", "predsim"]
+            "--no-progress", "--mode", "decoupled", "--objective", objective]
     port, procs = free_port(), []
     for rank in range(2):
         env = user_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank),
                        WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "train.py", *args, "--pipeline", "2", "--out-dir",
-                                       str(tmp_path), "--name", "pipe"], cwd=ROOT, env=env,
+        pipe = [*args, "--pipeline", "2", "--pipeline-split", "1,2", "--out-dir", str(tmp_path), "--name", "pipe"]
+        procs.append(subprocess.Popen([sys.executable, "train.py", *pipe], cwd=ROOT, env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     assert train.main([*args, "--out-dir", str(tmp_path), "--name", "seq"]) == 0
     assert [p.wait(120) for p in procs] == [0, 0], procs[0].stderr.read().decode()
@@ -55,7 +58,7 @@ def test_predsim_pipelined_over_two_processes_equals_the_sequential_run(tmp_path
     timing = {"time", "step_time"}
     strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
     assert strip(records(tmp_path / "pipe")) == strip(records(tmp_path / "seq"))
-    assert "loss/sim" in records(tmp_path / "pipe")[0]
+    assert f"loss/{TERMS[objective][0]}" in records(tmp_path / "pipe")[-2]  # block 2, in the second group
 
 
 def test_infopro_under_ddp_keeps_every_rank_equal(tmp_path):
