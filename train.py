@@ -44,7 +44,7 @@ from greedy.errors import (
 from greedy.files import os_reason
 from greedy.models import check_shapes, create_greedy_net
 from greedy.pipeline import Pipeline
-from greedy.schema import RESUME_MUTABLE, Config, objective_options
+from greedy.schema import RESUME_MUTABLE, Config
 from greedy.summary import describe_model, format_table, result_rows
 from greedy.tracking import Tracker
 from greedy.trainer import evaluate_heads, make_accelerator, train_stage
@@ -88,8 +88,7 @@ def print_model(cfg: Config) -> None:
     print(f"{cfg.dataset}: input {info.in_chans}x{img_size}x{img_size}, {cfg.arch}, {cfg.mode}, "
           f"{net.num_stages} local modules, aux {cfg.aux}{f' (k={cfg.k})' if cfg.aux == 'cnn' else ''}, "
           f"final head {cfg.final_head}, objective {cfg.objective}")
-    objectives = GreedyBuilder(net, "greedy", cfg.objective, options=objective_options(cfg),
-                               image_shape=(info.in_chans, img_size, img_size)).objectives
+    objectives = GreedyBuilder.for_config(cfg, net, (info.in_chans, img_size, img_size)).objectives
     print(format_table(describe_model(net, info.in_chans, img_size, objectives)))
 
 

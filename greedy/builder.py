@@ -175,12 +175,19 @@ class GreedyBuilder:
                            for j in range(num)]
 
     @classmethod
+    def for_config(cls, cfg: Config, net: GreedyNet, image_shape: tuple[int, int, int],
+                   mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> GreedyBuilder:
+        """The builder of `cfg`: its mode, objective, objective settings and grad_checkpoint, for input images of
+        `image_shape` (C, H, W) normalized with `mean`, `std` (None: unknown, which only InfoPro's forward
+        refuses; --print-model and the cost counts need no data)."""
+        return cls(net, cfg.mode, cfg.objective, options=objective_options(cfg), image_shape=image_shape, mean=mean,
+                   std=std, grad_checkpoint=cfg.grad_checkpoint)
+
+    @classmethod
     def for_run(cls, cfg: Config, net: GreedyNet, data: DataBundle) -> GreedyBuilder:
-        """The builder of a run: the config's mode, objective and objective settings, and the data's image shape
-        and normalization."""
-        return cls(net, cfg.mode, cfg.objective, options=objective_options(cfg),
-                   image_shape=(data.in_chans, data.img_size, data.img_size), mean=data.mean or None,
-                   std=data.std or None, grad_checkpoint=cfg.grad_checkpoint)
+        """The builder of a run: `for_config` with the data's image shape and normalization."""
+        return cls.for_config(cfg, net, (data.in_chans, data.img_size, data.img_size), data.mean or None,
+                              data.std or None)
 
     @property
     def num_stages(self) -> int:

@@ -179,10 +179,10 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "pipeline": (1, math.inf, False, False),
     "pipeline_timeout": (0, math.inf, True, False),
     "probe_every": (0, math.inf, False, False),
-    "probe_samples": (10, math.inf, False, False),
+    "probe_samples": (10, math.inf, False, False),  # a few per class: the probes need every class twice or more
     "predsim_beta": (0, 1, False, False),
     "predsim_dim": (1, math.inf, False, False),
-    "contrast_temperature": (0, math.inf, True, False),  # a few per class: the probes need every class twice or more
+    "contrast_temperature": (0, math.inf, True, False),
 }
 
 

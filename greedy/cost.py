@@ -19,7 +19,7 @@ from greedy.errors import UsageError
 from greedy.models import GreedyNet, create_greedy_net
 from greedy.objectives import total_loss
 from greedy.profiling import saved_tensor_bytes
-from greedy.schema import Config, objective_options
+from greedy.schema import Config
 
 # Training-set sizes, for when the data is not on this machine (--plan): digits is the fixed seeded split.
 TRAIN_SIZES = {"digits": 1437, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
@@ -89,8 +89,7 @@ def _pieces(cfg: Config, net: GreedyNet, shape: tuple[int, int, int]) -> list[tu
     """
     stats = (0.5,) * shape[0]  # the normalization changes no cost
     with torch.device(next(net.parameters()).device):
-        builder = GreedyBuilder(net, cfg.mode, cfg.objective, options=objective_options(cfg), image_shape=shape,
-                                mean=stats, std=stats, grad_checkpoint=cfg.grad_checkpoint)
+        builder = GreedyBuilder.for_config(cfg, net, shape, stats, stats)
     if cfg.mode == "e2e":
         stage = builder.stage(0)
         return [(stage.prefix, stage.trainable)]
@@ -107,8 +106,7 @@ def auxiliary_params(cfg: Config) -> int:
     net, shape, _ = _net(cfg, "meta")
     heads = sum(p.numel() for head in net.heads[:-1] for p in head.parameters())
     with torch.device("meta"):
-        objectives = GreedyBuilder(net, "greedy", cfg.objective, options=objective_options(cfg),
-                                   image_shape=shape).objectives
+        objectives = GreedyBuilder.for_config(cfg, net, shape).objectives
     return heads + sum(p.numel() for o in objectives for p in o.parameters())
 
 
