@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -170,8 +171,11 @@ class GreedyBuilder:
         self.grad_checkpoint = grad_checkpoint
         num = net.num_stages
         outs = [out for _, out in net.module_shapes(image_shape[0], image_shape[-1])] if image_shape else [None] * num
+        units = tuple(net.unit_shapes(image_shape[0], image_shape[-1])) if image_shape else ()
+        ends = list(itertools.accumulate(len(names) for names in net.module_units))
         self.objectives = [create_objective(objective, ModuleSpec(j, num, net.num_classes, outs[j], image_shape, mean,
-                                                                  std), **(options or {}))
+                                                                  std, units, ends[j] - 1 if units else None),
+                                            **(options or {}))
                            for j in range(num)]
 
     @classmethod
@@ -206,9 +210,7 @@ class GreedyBuilder:
         net = self.net
         last = net.num_stages - 1
         if self.mode == "e2e":
-            units = ([unit for j, block in enumerate(net.blocks)
-                      for unit in ([block] if len(net.module_units[j]) == 1 else list(block))]
-                     if self.grad_checkpoint else None)
+            units = net.units() if self.grad_checkpoint else None
             trainable = BlocksThenHead(*net.blocks, net.heads[last], objective=self.objectives[last],
                                        checkpoint_units=units)
             stage = Stage(last, "e2e", freeze_prefix(net, 0), trainable)

@@ -36,6 +36,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "predsim": {"objective": "predsim"},  # Nokland & Eidnes, ICML 2019
     "infopro_ce": {"objective": "infopro_ce"},  # Wang et al., ICLR 2021
     "infopro_contrast": {"objective": "infopro_contrast"},
+    "auglocal": {"objective": "auglocal"},  # Ma et al., ICLR 2024
+    "man": {"objective": "man"},  # Su et al., ECCV 2024 (on InfoPro contrast: man_base)
+    "man_pp": {"objective": "man_pp"},  # Su et al., TPAMI 2026
     "e2e": {"mode": "e2e", "objective": "ce"},
     "e2e_ckpt": {"mode": "e2e", "objective": "ce", "grad_checkpoint": True},  # the memory baseline
 }

@@ -183,6 +183,9 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "predsim_beta": (0, 1, False, False),
     "predsim_dim": (1, math.inf, False, False),
     "contrast_temperature": (0, math.inf, True, False),
+    "auglocal_depth": (1, math.inf, False, False),
+    "auglocal_tau": (0, 1, False, False),  # the last module's depth shrinks towards 1, never below
+    "man_momentum": (0, 1, False, True),  # at 1 the EMA copy would never follow
 }
 
 
@@ -231,6 +234,9 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     if cfg.split_points and (cfg.split_points != sorted(set(cfg.split_points)) or cfg.split_points[0] < 1):
         raise UsageError(f"config key 'split_points': {cfg.split_points} must be increasing unit indices >= 1 "
                          "(0-based units where a new local module starts)")
+    if cfg.split_points and cfg.split_by != "flops":
+        raise UsageError(f"config key 'split_by': {cfg.split_by} balances the modules num_modules cuts, but "
+                         f"split_points {cfg.split_points} gives the cut; drop one of them")
     if len(set(cfg.downsample)) != len(cfg.downsample):
         raise UsageError(f"config key 'downsample': {cfg.downsample} names a block twice")
     in_memory = DATASETS[cfg.dataset].in_memory  # in-memory tensors, or a PIL pipeline over image folders
@@ -284,6 +290,10 @@ def _check_pipeline(cfg: Config) -> None:
         raise UsageError(f"config key 'pipeline': pipelined training runs in fp32 without accumulation "
                          f"(mixed_precision is {cfg.mixed_precision}, grad_accum {cfg.grad_accum}); pass "
                          "--mixed-precision no --grad-accum 1 or --pipeline 1")
+    if cfg.objective in ("man", "man_pp"):
+        raise UsageError(f"config key 'pipeline': objective {cfg.objective} reads the next module's first unit at "
+                         f"every step, which another group of the pipeline holds; pass --pipeline 1 (decoupled on "
+                         f"one process or data-parallel) or another objective")
     if cfg.pipeline > cfg.num_blocks:
         raise UsageError(f"config key 'pipeline': {cfg.pipeline} groups but the net has {cfg.num_blocks} blocks; "
                          "use at most one group per block")

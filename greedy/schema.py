@@ -87,8 +87,10 @@ class Config:
                           "conv + BN)", ("A", "B"))
     depths: list[int] = _model([], "resnet: residual blocks per stage (5,5,5: ResNet-32)")
     stem_width: int | None = _model(None, "resnet: width of the stem conv3x3; none: widths[0]")
-    num_modules: int | None = _model(None, "K: local modules (blocks) the units are cut into, equal in FLOPs; "
-                                    "none: one per unit")
+    num_modules: int | None = _model(None, "K: local modules (blocks) the units are cut into, equal in FLOPs or in "
+                                    "activation memory (split_by); none: one per unit")
+    split_by: str = _model("flops", "num_modules: balance the modules' forward FLOPs, or their activation memory "
+                           "(memory: earlier cuts where the feature maps are large, as InfoPro*)", ("flops", "memory"))
     split_points: list[int] = _model([], "explicit cut: 0-based units that start a local module")
     input_downsample: bool = _model(False, "space-to-depth the input once (ImageNet: 3x224x224 -> 12x112x112)")
     widths: list[int] = _model([64, 64, 128], "plain: channels of each conv block; resnet: of each stage")
@@ -109,7 +111,8 @@ class Config:
     # local objective (greedy/objectives/, docs/OBJECTIVES.md)
     objective: str = _objective(
         "ce", "local objective of each module: ce (cross-entropy of the auxiliary net chosen by aux and k: greedy SL, "
-        "DGL), predsim (Nokland & Eidnes 2019), infopro_ce / infopro_contrast (Wang et al. 2021); with any but ce "
+        "DGL), predsim (Nokland & Eidnes 2019), infopro_ce / infopro_contrast (Wang et al. 2021), auglocal (Ma et al. "
+        "2024), man / man_pp (Su et al. 2024, 2026); with any but ce "
         "the auxiliary net is a readout trained on the detached output", OBJECTIVES)
     predsim_beta: float = _objective(0.99, "predsim: weight of the similarity loss (1 - beta: the prediction loss)")
     predsim_dim: int = _objective(4096, "predsim: the prediction loss's linear layer sees the output average-pooled "
@@ -118,6 +121,15 @@ class Config:
         [5.0, 1.0, 0.0, 1.0], "infopro: lambda1 (reconstruction), lambda2 (task) of the first module, then of the "
         "module before the last; interpolated linearly in between (the paper's grid: configs/infopro/)")
     contrast_temperature: float = _objective(0.07, "infopro_contrast: temperature of the supervised contrastive loss")
+    auglocal_depth: int = _objective(2, "auglocal: units in the first module's auxiliary net, copied from the net's "
+                                     "later units (the paper: 2 for ResNet-32, 3 for ResNet-110)")
+    auglocal_tau: float = _objective(0.5, "auglocal: pyramid coefficient; the depth shrinks linearly from "
+                                     "auglocal_depth to about auglocal_depth * (1 - tau) + tau at the module before "
+                                     "the last (0: every module auglocal_depth)")
+    man_base: str = _objective("infopro_contrast", "man, man_pp: the objective computed on the momentum input "
+                               "LB(h) + EMA(h)", ("infopro_contrast", "infopro_ce", "dgl"))
+    man_momentum: float = _objective(0.995, "man, man_pp: momentum m of the EMA copy of the next module's first unit "
+                                     "(theta_ema <- m theta_ema + (1 - m) theta, once per step)")
 
     # optimization, per stage (greedy) or for the whole net (e2e)
     epochs: int = _optim(10, "epochs per stage (greedy, decoupled)")

@@ -9,6 +9,8 @@
     python scripts/bench.py --imagenet-decode --threads 1       # ImageNet JPEG decode + augment, images/s per worker
     python scripts/bench.py -c configs/fashion_mnist_compare.yaml --data-dir ../shared/data/fashion-mnist \\
         --pipeline-compare --epochs 1                        # decoupled: pipelined over 2 processes vs 1 process
+    python scripts/bench.py -c configs/fashion_mnist_resnet_compare.yaml --num-modules 4 \
+        --objective-compare                                  # each local objective's step per module, and its floor
 
 Per greedy stage j, interleaved round-robin with every other variant so that machine noise hits all alike:
   trainer        greedy.trainer.train_step on images (frozen prefix under no_grad), with a prepared Accelerator
@@ -37,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from greedy.config import build_config, load_yaml  # noqa: E402
 from greedy.errors import UsageError  # noqa: E402
 from greedy.schema import Config  # noqa: E402
-from scripts.benchmarks import cache, inputs, pipeline, precision, steps  # noqa: E402
+from scripts.benchmarks import cache, inputs, objectives, pipeline, precision, steps  # noqa: E402
 from scripts.benchmarks.common import machine_info, relative  # noqa: E402
 
 # flag -> the benchmark it runs instead of the step bench (scripts/benchmarks/, one module per benchmark)
@@ -47,6 +49,7 @@ BENCHMARKS = {
     "input_compare": inputs.run_crop_flip,
     "imagenet_decode": inputs.run_imagenet_decode,
     "precision_compare": precision.run,
+    "objective_compare": objectives.run,
 }
 
 
@@ -54,6 +57,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
     p.add_argument("-c", "--config", default=str(ROOT / "configs/cifar10_k3.yaml"))
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--num-modules", type=int, help="split the net into this many local modules (default: the config's)")
     p.add_argument("--steps", type=int, default=10, help="timed rounds (one step of every variant each)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--stages", help="1-based stages to measure, e.g. 1,3 (default: all)")
@@ -84,6 +88,10 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pipeline-compare", action="store_true",
                    help="instead: a decoupled run pipelined over 2 processes (1 thread each) vs 1 process with 1 and 2 "
                         "threads and vs data-parallel decoupled over 2 processes at the same global batch")
+    p.add_argument("--objective-compare", action="store_true",
+                   help="instead: per local objective and module, the trainer's step next to the module alone with "
+                        "that objective (time, activation memory, cost over ce) and a decoupled step of the net")
+    p.add_argument("--objectives", help="--objective-compare: comma list (default: every registered objective)")
     p.add_argument("--sequential", action="store_true",
                    help="--cache-compare: run off, then on (default: both at once, one thread each)")
     return p.parse_args(argv)
@@ -95,6 +103,8 @@ def load_config(args: argparse.Namespace) -> Config:
                   channels_last=args.channels_last)
     if args.data_dir:
         values["data_dir"] = args.data_dir
+    if args.num_modules:
+        values["num_modules"] = args.num_modules
     return build_config(values, check_data=False)
 
 

@@ -81,13 +81,22 @@ BAD_VALUES = [
     (["--num-modules", "0"], "config key 'num_modules': 0 is outside the allowed range [1, inf)"),
     (["--num-modules", "5"], "config key 'num_modules': 5 is outside 1..3 (the net has 3 units)"),
     (["--split-points", "2,1"], "config key 'split_points': [2, 1] must be increasing unit indices >= 1"),
+    (["--split-by", "time"], "config key 'split_by': 'time' is not one of flops, memory"),
+    (["--split-points", "1", "--split-by", "memory"], "config key 'split_by': memory balances the modules "
+                                                       "num_modules cuts, but split_points [1] gives the cut"),
     (["--split-points", "1,7"], "config key 'split_points': [1, 7] must be increasing unit indices in 1..2"),
     (["--aux", "conv"], "config key 'aux': 'conv' is not one of cnn, mlp, mlp_sr, linear, vgg"),
-    (["--objective", "predsm"], "config key 'objective': 'predsm' is not one of ce, infopro_ce, infopro_contrast, "
-                                "predsim"),
+    (["--objective", "predsm"], "config key 'objective': 'predsm' is not one of auglocal, ce, infopro_ce, "
+                                "infopro_contrast, man, man_pp, predsim"),
     (["--predsim-beta", "1.5"], "config key 'predsim_beta': 1.5 is outside the allowed range [0, 1]"),
     (["--predsim-dim", "0"], "config key 'predsim_dim': 0 is outside the allowed range [1, inf)"),
     (["--contrast-temperature", "0"], "config key 'contrast_temperature': 0.0 is outside the allowed range (0, inf)"),
+    (["--auglocal-depth", "0"], "config key 'auglocal_depth': 0 is outside the allowed range [1, inf)"),
+    (["--auglocal-tau", "1.5"], "config key 'auglocal_tau': 1.5 is outside the allowed range [0, 1]"),
+    (["--man-momentum", "1"], "config key 'man_momentum': 1.0 is outside the allowed range [0, 1)"),
+    (["--man-base", "infopro"], "config key 'man_base': 'infopro' is not one of infopro_contrast, infopro_ce, dgl"),
+    (["--objective", "man", "--mode", "decoupled", "--pipeline", "2"],
+     "config key 'pipeline': objective man reads the next module's first unit at every step, which another group"),
     (["--infopro-lambdas", "5,1,0"], "config key 'infopro_lambdas': [5.0, 1.0, 0.0] must be 4 finite weights >= 0"),
     (["--infopro-lambdas", "5,1,-1,0"], "config key 'infopro_lambdas': [5.0, 1.0, -1.0, 0.0] must be 4 finite"),
     (["--grad-checkpoint", "true"], "config key 'grad_checkpoint': true recomputes the activations of end-to-end "

@@ -87,3 +87,28 @@ def test_imagenet_decode_reads_real_jpegs_through_the_training_transform(bench, 
     result = json.loads(out.read_text())["imagenet_decode"]
     assert [r["num_workers"] for r in result["rows"]] == [0, 1, 2]
     assert all(r["images/s"] > 0 for r in result["rows"]) and result["mean_jpeg_kB"] > 10
+
+
+def test_objective_compare_every_objective_costs_nothing_outside_its_module(bench, tmp_path):
+    out = tmp_path / "objectives.json"
+    assert bench.main(["-c", "configs/digits_resnet.yaml", "--num-modules", "3", "--batch-size", "16", "--steps", "2",
+                       "--warmup", "1", "--objective-compare", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())["objective_compare"]
+    names = ["auglocal", "ce", "infopro_ce", "infopro_contrast", "man", "man_pp", "predsim"]  # every registered one
+    assert report["result"]["objectives"] == names
+    rows = {(r["objective"], r["module"]): r for r in report["rows"]}
+    assert len(rows) == len(names) * 4
+    modules = [r for r in report["rows"] if r["module"] != "decoupled"]
+    # the trainer's step of module j saves exactly the bytes of module j and its objective alone: nothing outside
+    assert all(r["saved==alone"] for r in modules)
+    assert all(r["trainer_ms"] > 0 and r["trainer/alone"] > 0 for r in modules)
+    # ce is the reference; an objective with modules of its own saves more (InfoPro's decoder works at the input's
+    # resolution), except on the last module, which trains the net's classifier on cross-entropy for every one
+    assert all(rows["ce", j]["MiB over ce"] == 0 for j in (1, 2, 3))
+    for name in set(names) - {"ce"}:
+        assert rows[name, 1]["MiB over ce"] > 0 and rows[name, 1]["objective_params"] > 0
+        assert rows[name, 3]["objective_params"] == 0 and rows[name, 3]["MiB over ce"] == 0
+    assert rows["infopro_ce", 1]["MiB over ce"] > rows["predsim", 1]["MiB over ce"]
+    # a decoupled step saves no more than its modules alone (less: a module's input is its predecessor's output)
+    decoupled = [r for r in report["rows"] if r["module"] == "decoupled"]
+    assert len(decoupled) == len(names) and all(0 < r["saved_MiB"] <= r["alone_MiB"] for r in decoupled)

@@ -147,7 +147,7 @@ def test_bad_input_is_one_line(script, tmp_path, args, message):
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
-METHODS = ["greedy_sl", "dgl", "predsim", "infopro_contrast", "e2e", "e2e_ckpt"]
+METHODS = ["greedy_sl", "dgl", "predsim", "infopro_contrast", "auglocal", "man", "e2e", "e2e_ckpt"]
 
 
 @pytest.mark.training
@@ -160,17 +160,20 @@ def test_methods_table_on_one_split(tmp_path):
     folder = tmp_path / "methods"
     rows = {r["method"]: r for r in csv.DictReader((folder / "comparison.csv").open())}
     assert list(rows) == METHODS
-    assert [rows[m]["mode"] for m in METHODS] == ["decoupled"] * 4 + ["e2e"] * 2
+    assert [rows[m]["mode"] for m in METHODS] == ["decoupled"] * 6 + ["e2e"] * 2
     assert all(float(r["final_acc_mean"]) > 0.3 for r in rows.values())  # one epoch; chance is 0.1
     params = {m: int(r["auxiliary_params"]) for m, r in rows.items()}
     assert params["e2e"] == params["e2e_ckpt"] == 0 < params["greedy_sl"] < params["predsim"]
     assert params["greedy_sl"] < params["infopro_contrast"] and params["dgl"] != params["greedy_sl"]
+    assert params["auglocal"] > params["greedy_sl"]  # its copies of later units, besides the readout
+    assert params["man"] > params["infopro_contrast"]  # InfoPro's modules (on y) and the trainable copy LB
     memory = {m: int(r["peak_activation_bytes"]) for m, r in rows.items()}
     assert memory["e2e_ckpt"] < memory["e2e"] and memory["greedy_sl"] < memory["e2e"]
     assert memory["infopro_contrast"] > memory["greedy_sl"]  # its decoder works at the input's resolution
     saved = {m: RunDir.open(folder / f"{m}-s0").load_config() for m in METHODS}
     assert saved["dgl"].aux == "mlp_sr" and saved["e2e_ckpt"].grad_checkpoint and not saved["e2e"].grad_checkpoint
     assert saved["infopro_contrast"].objective == "infopro_contrast" and saved["greedy_sl"].objective == "ce"
+    assert saved["auglocal"].objective == "auglocal"
     table = (folder / "comparison.md").read_text()
     assert table.startswith("# methods: methods of local learning") and "| e2e_ckpt | e2e | 2 |" in table
     assert "| method | k | module 1 | module 2 | module 3 | max | vs e2e |" in table

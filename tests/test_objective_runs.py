@@ -1,22 +1,25 @@
 """Every local objective through the real train.py: greedy, decoupled, pipelined (2 processes), DDP (2 processes),
-bf16, and SIGKILL + resume; each module's loss terms in metrics.jsonl."""
+bf16, and SIGKILL + resume; each module's loss terms in metrics.jsonl and W&B; timm export and probes after."""
 
 import json
 import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 from safetensors.torch import load_file
 
 import train
 from tests.helpers import ROOT, cli, free_port, kill_during_stage2, same_weights, start_train, summary, user_env
+from tests.wandb_log import read_offline_run
 
 pytestmark = [pytest.mark.training, pytest.mark.usefixtures("one_thread")]
 
 RESNET = ["-c", "configs/digits_resnet.yaml", "--num-modules", "3", "--epochs", "2", "--no-progress"]
 TERMS = {"predsim": ["sim", "pred", "readout"], "infopro_ce": ["recon", "task", "readout"],
-         "infopro_contrast": ["recon", "task", "readout"]}
+         "infopro_contrast": ["recon", "task", "readout"], "auglocal": ["aug", "readout"],
+         "man": ["recon", "task", "readout"], "man_pp": ["recon", "task", "readout"]}
 
 
 def records(run):
@@ -39,7 +42,7 @@ def test_every_objective_trains_the_digits_resnet(objective, mode, tmp_path):
             assert terms == {}
 
 
-@pytest.mark.parametrize("objective", ["predsim", "infopro_contrast"])
+@pytest.mark.parametrize("objective", ["predsim", "infopro_contrast", "auglocal"])
 def test_pipelined_over_two_processes_equals_the_sequential_run(objective, tmp_path):
     """The second group (blocks 2 and 3) gets the activations and, for InfoPro, the input images: the same weights
     and records as the sequential run."""
@@ -61,11 +64,13 @@ def test_pipelined_over_two_processes_equals_the_sequential_run(objective, tmp_p
     assert f"loss/{TERMS[objective][0]}" in records(tmp_path / "pipe")[-2]  # block 2, in the second group
 
 
-def test_infopro_under_ddp_keeps_every_rank_equal(tmp_path):
-    """The objective's modules are synchronised with the block: a rank whose decoder drifted would drift the block."""
+@pytest.mark.parametrize("objective", ["infopro_contrast", "man"])
+def test_objective_under_ddp_keeps_every_rank_equal(objective, tmp_path):
+    """The objective's modules are synchronised with the block: a rank whose decoder (or EMA copy) drifted would
+    drift the block."""
     launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    cli(*launch, "train.py", *RESNET, "--objective", "infopro_contrast", "--mode", "decoupled", "--batch-size", "32",
+    cli(*launch, "train.py", *RESNET, "--objective", objective, "--mode", "decoupled", "--batch-size", "32",
         "--out-dir", str(tmp_path), "--name", "ddp", env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
     result = summary(tmp_path / "ddp")
     assert result["num_processes"] == 2 and len(set(result["rank_weight_digests"])) == 1
@@ -78,11 +83,12 @@ def test_infopro_in_bf16(tmp_path):
     assert summary(tmp_path / "bf16")["final_test_acc"] > 0.5
 
 
-def test_infopro_sigkill_mid_stage2_then_resume_is_bit_identical(tmp_path):
-    """The objective's decoder and task head are in the saved state: the resumed run ends on the uninterrupted
-    run's weights and records, bit for bit."""
+@pytest.mark.parametrize("objective", ["infopro_contrast", "man"])
+def test_sigkill_mid_stage2_then_resume_is_bit_identical(objective, tmp_path):
+    """The objective's modules (InfoPro's decoder and task head; MAN's copies, the EMA one included) are in the saved
+    state: the resumed run ends on the uninterrupted run's weights and records, bit for bit."""
     args = ["-c", "configs/digits_k2.yaml", "--epochs", "4", "--decay-epochs", "2", "--no-progress",
-            "--objective", "infopro_contrast", "--out-dir", str(tmp_path)]
+            "--objective", objective, "--out-dir", str(tmp_path)]
     proc = start_train(*args, "--name", "killed")
     kill_during_stage2(proc, tmp_path / "killed")
     assert not (tmp_path / "killed" / "stage2.safetensors").exists()
@@ -95,3 +101,27 @@ def test_infopro_sigkill_mid_stage2_then_resume_is_bit_identical(tmp_path):
     assert strip(records(tmp_path / "killed")) == strip(records(tmp_path / "reference"))
     first = load_file(tmp_path / "reference" / "stage1.safetensors")
     assert first and not any("objective" in k for k in first) and all(torch.isfinite(v).all() for v in first.values())
+
+
+def test_an_infopro_run_logs_its_terms_to_wandb_exports_to_timm_and_is_probed(tmp_path):
+    """What a researcher does after training with an objective: the W&B history holds each term of each step
+    (adding up to the logged loss), timm loads the trained backbone without the objective's modules, and the
+    probes take each local module's output."""
+    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    cli("train.py", *RESNET, "--objective", "infopro_contrast", "--wandb", "--log-every", "5", "--out-dir",
+        str(tmp_path), "--name", "run", env=env)
+    run = tmp_path / "run"
+    _, history = read_offline_run(run)
+    logged = [row for row in history if "train/loss" in row]
+    with_terms = [row for row in logged if "train/recon" in row]
+    assert with_terms and len(with_terms) < len(logged)  # modules 1, 2: their terms; module 3: cross-entropy alone
+    for row in with_terms:
+        assert row["train/recon"] + row["train/task"] + row["train/readout"] == pytest.approx(row["train/loss"],
+                                                                                             rel=1e-5)
+    state = load_file(run / "model.safetensors")
+    net = timm.create_model("greedy_run", run_dir=str(run), pretrained=True).eval()
+    assert net.state_dict().keys() == state.keys() and not any("objective" in k for k in state)
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    cli("evaluate.py", str(run), "--analysis", "linear", "--analysis-samples", "200", env=env)
+    layers = json.loads((run / "analysis.json").read_text())["runs"][0]["results"]["linear"]["layers"]
+    assert [e["depth"] for e in layers] == [0, 1, 2, 3]

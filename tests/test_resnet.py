@@ -8,7 +8,7 @@ import torch
 
 import train
 from greedy.config import build_config, load_yaml
-from greedy.models import GreedyNet, create_greedy_net, split_units
+from greedy.models import GreedyNet, check_shapes, create_greedy_net, split_units, trace_units
 from greedy.models.blocks import resnet_units
 from greedy.models.heads import HEADS, create_head
 from tests.helpers import assert_first_module_frozen, cli
@@ -73,6 +73,28 @@ def test_split_by_flops_and_by_split_points():
     assert split_units([1, 1, 1, 1], 2) == [range(0, 2), range(2, 4)]
     assert split_units([6, 1, 1, 1, 1, 1, 1], 2) == [range(0, 1), range(1, 7)]  # FLOPs, not unit counts
     assert split_units([1] * 5, split_points=[1, 4]) == [range(0, 1), range(1, 4), range(4, 5)]
+
+
+def test_activation_bytes_of_a_unit_by_hand():
+    """conv -> BN -> ReLU on 1 x 8 x 8: each layer's output is 4 x 8 x 8 float32 per image, 1,024 bytes; 3,072."""
+    unit = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    [trace] = trace_units([("u", unit)], (1, 8, 8))
+    assert trace.activation_bytes == 3 * 4 * 8 * 8 * 4 and trace.out_shape == (4, 8, 8)
+
+
+@pytest.mark.parametrize("num_modules", [2, 3, 4])
+def test_split_by_memory_cuts_resnet110_earlier_than_by_flops(num_modules):
+    """The first stage's 32 x 32 maps hold the most activation memory, so balancing memory cuts earlier than
+    balancing FLOPs (every residual block costs the same FLOPs), as InfoPro*'s balanced splits do."""
+    ends = {}
+    for by in ("flops", "memory"):
+        net = check_shapes(resnet_cfg("cifar10_resnet110", num_modules=num_modules, split_by=by), 3, 32, 10)
+        names = [n for names in net.module_units for n in names]
+        ends[by] = [names.index(units[-1]) for units in net.module_units[:-1]]
+    assert all(m < f for m, f in zip(ends["memory"], ends["flops"], strict=True)), ends
+    # InfoPro*'s measured cut at K = 3 (Wang et al. 2021, their code: [1, 9], [2, 2]): the first is the same unit
+    if num_modules == 3:
+        assert ends["memory"][0] == 10 and ends["memory"][1] in range(20, 24)
 
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])

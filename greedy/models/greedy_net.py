@@ -20,7 +20,7 @@ from greedy.errors import UsageError
 from greedy.models.backbones import TimmHead, timm_units
 from greedy.models.blocks import SpaceToDepth, plain_units, resnet_units
 from greedy.models.heads import create_head
-from greedy.models.tracing import TooSmall, Units, meta_call, shape_str, split_units, trace_units
+from greedy.models.tracing import TooSmall, Units, UnitShape, meta_call, shape_str, split_units, trace_units
 from greedy.schema import Config
 
 # A chain of units, built already (a list) or on demand (a function returning a fresh iterator of them).
@@ -43,21 +43,22 @@ class GreedyNet(nn.Module):
                  downsample: list[int] = (), downsample_mode: str = "space_to_depth", batchnorm: bool = True,
                  aux_width: int | None = None, pool_size: int = 2, input_downsample: bool = False,
                  final_head: str = "auxiliary", aux: str = "cnn", num_modules: int | None = None,
-                 split_points: list[int] | None = None, img_size: int = 32):
+                 split_points: list[int] | None = None, img_size: int = 32, split_by: str = "flops"):
         super().__init__()
         stem = SpaceToDepth(2) if input_downsample else None
         chans = in_chans * 4 if input_downsample else in_chans
         units = lambda: plain_units(chans, widths, downsample=downsample,  # noqa: E731
                                     downsample_mode=downsample_mode, batchnorm=batchnorm)
         self._assemble(units, num_classes, in_chans=in_chans, img_size=img_size, stem=stem,
-                       num_modules=num_modules, split_points=split_points, aux=aux, final_head=final_head,
+                       num_modules=num_modules, split_points=split_points, split_by=split_by, aux=aux,
+                       final_head=final_head,
                        head_options={"k": k, "width": aux_width, "pool_size": pool_size, "batchnorm": batchnorm})
 
     @classmethod
     def from_units(cls, units: UnitSource, num_classes: int, *, in_chans: int, img_size: int,
                    stem: nn.Module | None = None, num_modules: int | None = None, split_points: list[int] | None = None,
-                   aux: str = "cnn", final_head: str | nn.Module = "auxiliary",
-                   head_options: dict | None = None) -> GreedyNet:
+                   aux: str = "cnn", final_head: str | nn.Module = "auxiliary", head_options: dict | None = None,
+                   split_by: str = "flops") -> GreedyNet:
         """A GreedyNet from an ordered chain of (name, unit) pairs, e.g. a ResNet's stem and residual blocks or a
         timm CNN's layers: split into local modules by `split_units`, an `aux` auxiliary net on each module but
         the last, whose head is `final_head` ('auxiliary': another `aux`; a module: that head itself, e.g. a timm
@@ -71,12 +72,13 @@ class GreedyNet(nn.Module):
         net = cls.__new__(cls)
         nn.Module.__init__(net)
         net._assemble(units, num_classes, in_chans=in_chans, img_size=img_size, stem=stem, num_modules=num_modules,
-                      split_points=split_points, aux=aux, final_head=final_head, head_options=head_options or {})
+                      split_points=split_points, split_by=split_by, aux=aux, final_head=final_head,
+                      head_options=head_options or {})
         return net
 
     def _assemble(self, units: UnitSource, num_classes: int, *, in_chans: int, img_size: int, stem: nn.Module | None,
-                  num_modules: int | None, split_points: list[int] | None, aux: str, final_head: str | nn.Module,
-                  head_options: dict) -> None:
+                  num_modules: int | None, split_points: list[int] | None, split_by: str, aux: str,
+                  final_head: str | nn.Module, head_options: dict) -> None:
         self.num_classes = num_classes
         self.stem = stem if stem is not None else nn.Identity()
         make = units if callable(units) else lambda: iter(units)
@@ -89,7 +91,8 @@ class GreedyNet(nn.Module):
                 raise  # the stem, or a FLOPs split (it needs every unit's FLOPs): the unit is all there is to name
             j = 1 + sum(p <= err.unit for p in split_points) if split_points else err.unit + 1
             raise TooSmall(err.size, err.unit, err.name, err.problem, j) from None
-        groups = split_units([t.flops for t in traces], num_modules, split_points)
+        costs = [t.activation_bytes if split_by == "memory" else t.flops for t in traces]
+        groups = split_units(costs, num_modules, split_points)
         self.module_units = [[plan[i][0] for i in group] for group in groups]
         module_of_last = {group[-1]: j for j, group in enumerate(groups)}
         built, self.heads = [], nn.ModuleList()
@@ -114,6 +117,24 @@ class GreedyNet(nn.Module):
     @property
     def num_stages(self) -> int:
         return len(self.blocks)
+
+    def units(self, j: int | None = None) -> list[nn.Module]:
+        """The units of local module j (None: of every module), in the chain's order."""
+        modules = range(self.num_stages) if j is None else [j]
+        return [unit for i in modules
+                for unit in (list(self.blocks[i]) if len(self.module_units[i]) > 1 else [self.blocks[i]])]
+
+    def unit_shapes(self, in_chans: int, img_size: int) -> list[UnitShape]:
+        """Every unit of the net in order with its input and output shapes (C, H, W), from a meta-device pass (no
+        memory, no random numbers): what objectives that build on later units (AugLocal) need."""
+        x = meta_call(self.stem, torch.zeros(2, in_chans, img_size, img_size, device="meta"))
+        names = [name for names in self.module_units for name in names]
+        shapes = []
+        for name, unit in zip(names, self.units(), strict=True):
+            y = meta_call(unit, x)
+            shapes.append(UnitShape(name, unit, tuple(x.shape[1:]), tuple(y.shape[1:])))
+            x = y
+        return shapes
 
     def prefix(self, j: int) -> nn.Sequential:
         """The input stem and blocks 0..j-1: what stage j sees as its (frozen) input transform."""
@@ -273,7 +294,8 @@ def create_greedy_net(cfg: Config, *, num_classes: int, in_chans: int, img_size:
         final_head = timm_head if cfg.final_head == "timm" else final_head
     return GreedyNet.from_units(
         units, num_classes, in_chans=in_chans, img_size=img_size, stem=stem,
-        num_modules=cfg.num_modules, split_points=cfg.split_points, aux=cfg.aux, final_head=final_head,
+        num_modules=cfg.num_modules, split_points=cfg.split_points, split_by=cfg.split_by, aux=cfg.aux,
+        final_head=final_head,
         head_options={"k": cfg.k, "width": cfg.aux_width, "pool_size": cfg.pool_size, "batchnorm": cfg.batchnorm},
     )
 

@@ -8,8 +8,11 @@ modules, each trained by one auxiliary problem.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -23,11 +26,24 @@ Units = list[tuple[str, nn.Module]]
 
 @dataclass
 class UnitTrace:
-    """What one unit does to a batch of 2: output shape (C, H, W) and forward FLOPs (FlopCounterMode's count)."""
+    """What one unit does to a batch of 2: output shape (C, H, W), forward FLOPs (FlopCounterMode's count) and
+    activation bytes per image (the outputs of its layers, each leaf module's: what training keeps for backward, to
+    within the few tensors a unit computes outside its layers)."""
 
     name: str
     out_shape: tuple[int, ...]
     flops: int
+    activation_bytes: int = 0
+
+
+class UnitShape(NamedTuple):
+    """One unit of a net's chain with the shapes (C, H, W) it takes and gives: what an objective that builds on the
+    net's later units (AugLocal) reads (greedy.objectives.ModuleSpec.units)."""
+
+    name: str
+    unit: nn.Module
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
 
 
 def meta_call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -54,8 +70,26 @@ class TooSmall(UsageError):
                          "divides (space-to-depth needs even sizes), or fewer downsampling layers")
 
 
+@contextlib.contextmanager
+def layer_output_bytes() -> Iterator[list[int]]:
+    """While active, the bytes of the tensor output of every leaf module that runs (conv, BN, ReLU, ...), in
+    order: a global forward hook, removed on exit."""
+    sizes: list[int] = []
+
+    def count(module: nn.Module, _: object, out: object) -> None:
+        if isinstance(out, torch.Tensor) and next(module.children(), None) is None:
+            sizes.append(out.numel() * out.element_size())
+
+    handle = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        yield sizes
+    finally:
+        handle.remove()
+
+
 def trace_units(units: Units, in_shape: tuple[int, int, int], stem: nn.Module | None = None) -> list[UnitTrace]:
-    """Run the chain on a meta batch of 2 inputs of `in_shape` (C, H, W): each unit's output shape and FLOPs.
+    """Run the chain on a meta batch of 2 inputs of `in_shape` (C, H, W): each unit's output shape, FLOPs and
+    activation bytes per image (UnitTrace).
 
     Raises TooSmall (a UsageError) naming the first unit the input is too small for (it fails, or its output
     is empty).
@@ -71,7 +105,7 @@ def trace_units(units: Units, in_shape: tuple[int, int, int], stem: nn.Module | 
     for i, (name, unit) in enumerate(units):
         size, problem = "x".join(map(str, in_shape)), None
         try:
-            with FlopCounterMode(display=False) as counter:
+            with layer_output_bytes() as layer_outputs, FlopCounterMode(display=False) as counter:
                 y = meta_call(unit, x)
             if y.numel() == 0:
                 problem = f"it turns its {shape_str(x)} input into {shape_str(y)}"
@@ -79,20 +113,22 @@ def trace_units(units: Units, in_shape: tuple[int, int, int], stem: nn.Module | 
             problem = f"it cannot take its {shape_str(x)} input: {str(err).splitlines()[0]}"
         if problem:
             raise TooSmall(size, i, name, problem)
-        traces.append(UnitTrace(name, tuple(y.shape[1:]), counter.get_total_flops()))
+        traces.append(UnitTrace(name, tuple(y.shape[1:]), counter.get_total_flops(), sum(layer_outputs) // 2))
         x = y
     return traces
 
 
-def split_units(flops: list[int], num_modules: int | None = None, split_points: list[int] | None = None) -> list[range]:
-    """Cut a chain of len(flops) units into consecutive local modules: the unit indices of each.
+def split_units(costs: list[int], num_modules: int | None = None, split_points: list[int] | None = None) -> list[range]:
+    """Cut a chain of len(costs) units into consecutive local modules: the unit indices of each.
 
     split_points: the 0-based unit indices where a new module starts (sorted, in 1..units-1). Else num_modules K
-    (None: one module per unit): the K modules whose forward FLOPs are as equal as possible (least squared
-    deviation from total/K; for a CIFAR ResNet, whose residual blocks all cost the same, this is InfoPro's
-    equal-depth split). Raises UsageError (naming the config key) for impossible splits.
+    (None: one module per unit): the K modules whose summed per-unit `costs` are as equal as possible (least
+    squared deviation from total/K). With forward FLOPs (split_by flops) a CIFAR ResNet, whose residual blocks all
+    cost the same, gets InfoPro's equal-depth split; with activation bytes (split_by memory) modules whose training
+    memory is balanced, InfoPro*'s idea (earlier cuts, where the feature maps are large). Raises UsageError (naming
+    the config key) for impossible splits.
     """
-    n = len(flops)
+    n = len(costs)
     if split_points:
         bad = [p for p in split_points if not 1 <= p < n]
         if bad or sorted(set(split_points)) != list(split_points):
@@ -110,8 +146,8 @@ def split_units(flops: list[int], num_modules: int | None = None, split_points: 
     if k == n:
         return [range(i, i + 1) for i in range(n)]
     prefix = [0]
-    for f in flops:
-        prefix.append(prefix[-1] + f)
+    for c in costs:
+        prefix.append(prefix[-1] + c)
     target = prefix[-1] / k
     inf = float("inf")
     # cost[j][i]: least squared deviation splitting units 0..i-1 into j modules; cut[j][i] the last module's start

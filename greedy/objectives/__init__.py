@@ -4,6 +4,8 @@
     ce.py      ce: cross-entropy of the auxiliary net (greedy SL with cnn(k), DGL's mlp_sr): the default
     predsim.py predsim: similarity matching + prediction (Nøkland & Eidnes, ICML 2019)
     infopro.py infopro_ce, infopro_contrast: reconstruction + task loss (Wang et al., ICLR 2021)
+    auglocal.py auglocal: cross-entropy of an auxiliary net built from the net's later units (Ma et al., ICLR 2024)
+    man.py     man, man_pp: a base objective on LB(h) + EMA(h), momentum copies of the next unit (Su et al. 2024, 2026)
 
 A new objective is one file here with a LocalObjective subclass decorated with `@OBJECTIVES.register("name")`, and
 its import below.
@@ -11,7 +13,7 @@ its import below.
 
 import inspect
 
-from greedy.objectives import ce, infopro, predsim  # noqa: F401  register ce, infopro_*, predsim
+from greedy.objectives import auglocal, ce, infopro, man, predsim  # noqa: F401  register each objective
 from greedy.objectives.base import LocalObjective, ModuleSpec, total_loss
 from greedy.registry import OBJECTIVES
 

@@ -23,7 +23,12 @@ class ModuleSpec:
     """What an objective knows of the local module it trains: its 0-based index among the K modules of the net,
     the number of classes, the shape (C, H, W) of the module's output and of the net's input images, and the
     per-channel mean and std the images were normalized with (values in [0, 1]). The shapes and statistics are
-    None where the builder was not given them (`ce` needs none; the objectives that do say so)."""
+    None where the builder was not given them (`ce` needs none; the objectives that do say so).
+
+    `units`: every unit of the net's chain, in order, each (name, unit, in shape, out shape)
+    (greedy.models.tracing.UnitShape), and `last_unit` the index of this module's last unit among them: what an
+    objective that builds its auxiliary net from the net's later units reads (AugLocal). Empty and None where the
+    builder was not given the image shape."""
 
     index: int
     num_modules: int
@@ -32,6 +37,8 @@ class ModuleSpec:
     image_shape: tuple[int, ...] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    units: tuple[tuple[str, nn.Module, tuple[int, ...], tuple[int, ...]], ...] = ()
+    last_unit: int | None = None
 
     @property
     def last(self) -> bool:
