@@ -338,7 +338,8 @@ def report_markdown(plan: Plan, groups: list[Group], rows: list[dict[str, Any]],
         "size (greedy.profiling.saved_tensor_bytes, parameters excluded), max over greedy stages / decoupled "
         "parts (each part's graph is freed by its own backward); measured on CPU.",
         "- *auxiliary params*: parameters trained only to train the net: the auxiliary nets of modules 1..K-1 and "
-        "the local objectives' own modules (PredSim's conv and linear layer, InfoPro's decoder and head); 0 for e2e.",
+        "the local objectives' own modules (PredSim's conv and linear layer, InfoPro's decoder and head, AugLocal's "
+        "copied units, MAN's copies and base); 0 for e2e.",
         "- loss_terms.png: each local objective's weighted loss terms per module and epoch, mean over seeds.",
     ]
     if methods:
