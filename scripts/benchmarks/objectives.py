@@ -35,7 +35,8 @@ from greedy.optim import make_optimizer
 from greedy.profiling import interleaved_times, median, paired_ratio, saved_tensor_bytes
 from greedy.registry import OBJECTIVES, check_choice
 from greedy.schema import Config
-from greedy.trainer import as_input, decoupled_step, train_step
+from greedy.trainer import as_input, train_step
+from scripts.benchmarks import steps
 from scripts.benchmarks.common import MiB, markdown
 from scripts.benchmarks.steps import weights_of
 
@@ -92,21 +93,16 @@ def module_variants(cfg: Config, net: GreedyNet, objective: str, j: int, acceler
         bare_opt.step()
         bare_opt.zero_grad(set_to_none=True)
 
-    steps = {"trainer": lambda: train_step(stage.prefix, model, optimizer, accelerator, x, y, stage.needs_input),
-             "alone": alone}
-    return steps, weights_of(ours.net, floor.net, *stage.parts, *bare.parts)
+    fns = {"trainer": lambda: train_step(stage.prefix, model, optimizer, accelerator, x, y, stage.needs_input),
+           "alone": alone}
+    return fns, weights_of(ours.net, floor.net, *stage.parts, *bare.parts)
 
 
 def decoupled_variant(cfg: Config, net: GreedyNet, objective: str, accelerator: Accelerator,
                       inputs: Inputs) -> tuple[Callable, list[torch.Tensor]]:
     """One decoupled step of the whole net, every module on `objective`, through the trainer's function."""
     dec = builder(cfg, net, objective, "decoupled", inputs)
-    stage = dec.stage(0)
-    parts = stage.parts
-    prepared = accelerator.prepare(*parts, *[make_optimizer(cfg, p) for p in parts])
-    models, optimizers = list(prepared[:len(parts)]), list(prepared[len(parts):])
-    step = lambda: decoupled_step(stage.prefix, models, optimizers, accelerator, inputs.x, inputs.y,  # noqa: E731
-                                  stage.needs_input)
+    step, parts = steps.decoupled_variant(cfg, dec, accelerator, inputs.x, inputs.y)
     return step, weights_of(dec.net, *parts)
 
 
@@ -132,8 +128,8 @@ def bench_objectives(cfg: Config, args: argparse.Namespace, device: torch.device
     weights: list[torch.Tensor] = []
     for name in objectives:
         for j in range(net.num_stages):
-            steps, held = module_variants(cfg, net, name, j, accelerator, inputs)
-            variants.update({f"{name}/m{j + 1}/{v}": fn for v, fn in steps.items()})
+            fns, held = module_variants(cfg, net, name, j, accelerator, inputs)
+            variants.update({f"{name}/m{j + 1}/{v}": fn for v, fn in fns.items()})
             weights += held
         variants[f"{name}/decoupled"], held = decoupled_variant(cfg, net, name, accelerator, inputs)
         weights += held

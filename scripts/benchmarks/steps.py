@@ -104,15 +104,21 @@ def full_net_variants(cfg: Config, net: GreedyNet, accelerator: Accelerator, x: 
     e2e_net, dec_net = copy.deepcopy(net), copy.deepcopy(net)
     e2e = GreedyBuilder(e2e_net, "e2e").stage(0)
     e2e_model, e2e_opt = accelerator.prepare(e2e.trainable, make_optimizer(cfg, e2e.trainable))
-    dec = GreedyBuilder(dec_net, "decoupled").stage(0)
-    parts = dec.parts
+    decoupled, _ = decoupled_variant(cfg, GreedyBuilder(dec_net, "decoupled"), accelerator, x, y)
+    steps = {"e2e": lambda: train_step(e2e.prefix, e2e_model, e2e_opt, accelerator, x, y), "decoupled": decoupled}
+    return steps, weights_of(e2e_net, dec_net)
+
+
+def decoupled_variant(cfg: Config, builder: GreedyBuilder, accelerator: Accelerator, x: torch.Tensor,
+                      y: torch.Tensor) -> tuple[Callable, list[nn.Module]]:
+    """One decoupled step of the builder's net through greedy.trainer.decoupled_step (each part prepared with its
+    own optimizer; the images handed to objectives that read them), and the parts (their weights, objectives'
+    modules included, are not activations)."""
+    stage = builder.stage(0)
+    parts = stage.parts
     prepared = accelerator.prepare(*parts, *[make_optimizer(cfg, p) for p in parts])
     models, optimizers = list(prepared[:len(parts)]), list(prepared[len(parts):])
-    steps = {
-        "e2e": lambda: train_step(e2e.prefix, e2e_model, e2e_opt, accelerator, x, y),
-        "decoupled": lambda: decoupled_step(dec.prefix, models, optimizers, accelerator, x, y),
-    }
-    return steps, weights_of(e2e_net, dec_net)
+    return (lambda: decoupled_step(stage.prefix, models, optimizers, accelerator, x, y, stage.needs_input)), parts
 
 
 
