@@ -55,3 +55,50 @@ def test_print_model_shows_each_modules_objective_parameters(monkeypatch, capsys
     # module 1 (16 x 32 x 32 out, RGB in): decoder 16*12*9+12 + 24 (BN) + 12*3*9+3 = 2,091; task head 16*32*9
     # + 64 (BN) + 32*128+128 + 128*128+128 = 25,408; the last module trains the net's classifier: none
     assert rows[0][-2] == "27,499" and rows[-1][-2] == "0"
+
+
+# MAN's code (networks/config.py), ResNet-110 at K = 32: [stage, block] after which a module ends (the last, [3, 17],
+# left out as above)
+MAN_RESNET110_K32 = [[1, 1], [1, 2], [1, 4], [1, 5], [1, 7], [1, 9], [1, 11], [1, 13], [1, 14], [1, 16], [1, 17],
+                     [2, 1], [2, 2], [2, 4], [2, 5], [2, 7], [2, 9], [2, 11], [2, 13], [2, 14], [2, 16], [2, 17],
+                     [3, 1], [3, 3], [3, 4], [3, 6], [3, 7], [3, 9], [3, 11], [3, 13], [3, 15]]
+GRID = ["resnet32_k2", "resnet32_k4", "resnet32_k8", "resnet32_k16", "resnet110_k2", "resnet110_k4", "resnet110_k8",
+        "resnet110_k16", "resnet110_k32", "resnet110_k55"]
+
+
+def _blocks(cell: str, stem: bool) -> list[list[int]]:
+    n = 5 if cell.startswith("resnet32") else 18
+    return ([[0, 0]] if stem else []) + [[stage, block] for stage in (1, 2, 3) for block in range(n)]
+
+
+def _expected_ends(method: str, cell: str) -> list[list[int]]:
+    """Where each paper's own code ends the modules of this cell (all but the last)."""
+    k, d = int(cell.rsplit("_k", 1)[1]), 2 if cell.startswith("resnet32") else 3
+    if method == "auglocal" and cell in ("resnet32_k16", "resnet110_k55"):
+        return _blocks(cell, stem=True)[:k - d - 1]  # AugLocal's train.py: K - d modules, net_config[:K - d - 1]
+    if method == "man" and cell in ("resnet32_k16", "resnet110_k55"):
+        return _blocks(cell, stem=False)[:-1]  # one module per residual block, the stem merged into the first
+    return MAN_RESNET110_K32 if cell == "resnet110_k32" else INFOPRO_SPLITS[cell]
+
+
+@pytest.mark.parametrize("method", ["auglocal", "man"])
+def test_the_auglocal_and_man_grids_have_one_config_per_cell(method):
+    assert sorted(p.stem for p in (ROOT / "configs" / method).glob("*.yaml")) == sorted(GRID)
+
+
+@pytest.mark.parametrize("method", ["auglocal", "man"])
+@pytest.mark.parametrize("cell", GRID)
+def test_auglocal_and_man_cells_split_as_their_papers_code(method, cell):
+    cfg = build_config(load_yaml(ROOT / "configs" / method / f"{cell}.yaml"), check_data=False)
+    net = check_shapes(cfg, 3, 32, 10)
+    ends = [units[-1] for units in net.module_units[:-1]]
+    expected = ["stem" if stage == 0 else f"stage{stage}_block{block + 1}"
+                for stage, block in _expected_ends(method, cell)]
+    assert ends == expected and net.num_stages == len(expected) + 1
+    assert cfg.objective == method and cfg.mode == "decoupled" and cfg.sched == "cosine"
+    assert (cfg.batch_size, cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.weight_decay, cfg.momentum) == (
+        1024, 0.8, 400, 10, 1e-4, 0.9)
+    if method == "auglocal":  # run.sh: d = 2 for ResNet-32, 3 for ResNet-110, the pyramid with tau = 0.5
+        assert (cfg.auglocal_depth, cfg.auglocal_tau) == (2 if cell.startswith("resnet32") else 3, 0.5)
+    else:  # MAN's README command: InfoPro softmax, lambdas 5, 0.5 -> 0, 0, m = 0.995
+        assert (cfg.man_base, cfg.man_momentum, cfg.infopro_lambdas) == ("infopro_ce", 0.995, [5, 0.5, 0, 0])
