@@ -71,12 +71,11 @@ def evaluate_run(run: RunDir, cfg, data, net, batch_size: int) -> None:
                       + (f" (training recorded {recorded:.4f})" if recorded is not None else ""))
 
 
-def run_layer_analysis(args, names: list[str], target: LoadedRun, argv: list[str]) -> None:
+def run_layer_analysis(args, names: list[str], target: LoadedRun, other_run: RunDir | None, argv: list[str]) -> None:
     """Probe the run's layers (and --compare's), write analysis.json and the PNGs, optionally log to W&B."""
     settings = settings_from_args(args)
     other = None
-    if args.compare:
-        other_run = RunDir.open(args.compare)
+    if other_run is not None:
         other = LoadedRun(other_run, *load_trained(other_run, args.data_dir))
         other.net.to(next(target.net.parameters()).device)
     analysis = analyse(target, names, settings, other, command=" ".join(["evaluate.py", *argv]))
@@ -97,11 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     names = check_flags(args)  # bad --analysis names fail before anything is loaded
     run = RunDir.open(args.run_dir)
+    other_run = RunDir.open(args.compare) if args.compare else None  # a bad --compare fails before any work
+    if other_run is not None and names and not (other_run.path / "model.safetensors").exists():
+        raise UsageError(f"--compare {other_run.path} has no model.safetensors (training did not finish); "
+                         f"finish it with `python train.py --resume {other_run.path}`")
     cfg, data, net = load_trained(run, args.data_dir)
     evaluate_run(run, cfg, data, net, args.batch_size)
     if names:
-        run_layer_analysis(args, names, LoadedRun(run, cfg, data, net), argv)
-    pngs = probe_trajectories(run, RunDir.open(args.compare) if args.compare else None)
+        run_layer_analysis(args, names, LoadedRun(run, cfg, data, net), other_run, argv)
+    pngs = probe_trajectories(run, other_run)
     if pngs:
         print(f"probes during training: {len(pngs)} plots in {pngs[0].parent} ({', '.join(p.name for p in pngs)})")
     return 0

@@ -20,7 +20,7 @@ from typing import Any
 from greedy.checkpoint import RunDir
 from greedy.cost import Cost
 from greedy.errors import UsageError
-from greedy.schema import MODES, Config
+from greedy.schema import FIELDS, MODES, RESUME_MUTABLE, Config
 
 BUDGETS = ("per_stage", "total")
 
@@ -46,16 +46,19 @@ METHODS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of the comparison: a mode (and k) of the config, or one of METHODS in `mode`."""
+    """One run of the comparison: a mode (and k, None where no auxiliary net of the run reads it) of the config, or
+    one of METHODS in `mode`."""
 
     mode: str
-    k: int
+    k: int | None
     seed: int
     method: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.method}-s{self.seed}" if self.method else f"{self.mode}-k{self.k}-s{self.seed}"
+        if self.method:
+            return f"{self.method}-s{self.seed}"
+        return f"{self.mode}-s{self.seed}" if self.k is None else f"{self.mode}-k{self.k}-s{self.seed}"
 
     @property
     def label(self) -> str:
@@ -63,13 +66,17 @@ class RunSpec:
         return self.method or self.mode
 
     def overrides(self) -> dict[str, Any]:
-        """The config keys this run sets."""
-        return {"mode": self.mode, "k": self.k, "seed": self.seed, **METHODS.get(self.method, {})}
+        """The config keys this run sets (k its default where no auxiliary net reads it)."""
+        k = FIELDS["k"].default if self.k is None else self.k
+        return {"mode": self.mode, "k": k, "seed": self.seed, **METHODS.get(self.method, {})}
 
 
-def run_specs(modes: list[str], ks: list[int], seeds: list[int]) -> list[RunSpec]:
-    """Every (mode, k, seed), grouped by k then mode, so that a k's comparison is complete early."""
-    return [RunSpec(m, k, s) for k in ks for m in modes for s in seeds]
+def run_specs(modes: list[str], ks: list[int], seeds: list[int], reads_k: Callable[[str], bool]) -> list[RunSpec]:
+    """Every (mode, k, seed), grouped by k then mode, so that a k's comparison is complete early. A mode whose
+    auxiliary nets do not read k (`reads_k(mode)` false: e2e with a linear last head, aux mlp_sr, ...) runs once
+    per seed, with k None, instead of once per k."""
+    specs = [RunSpec(m, k if reads_k(m) else None, s) for k in ks for m in modes for s in seeds]
+    return list(dict.fromkeys(specs))
 
 
 def method_specs(methods: list[str], mode: str, k: int, seeds: list[int]) -> list[RunSpec]:
@@ -140,6 +147,61 @@ def run_status(path: Path) -> str:
     if (path / "config.yaml").is_file():
         return "partial"
     return "new"
+
+
+# ---------------------------------------------------------------------------------------------- runs that exist
+
+
+# Keys that say how a run executed or is named, not what it trained: runs differing only in these and the seed are
+# one group of a table of existing runs.
+EXECUTION_KEYS = frozenset({"seed", "name", "out_dir", "experiment", "tracker", "wandb_project", *RESUME_MUTABLE})
+
+
+def finished_runs(paths: list[str]) -> list[tuple[Path, Config]]:
+    """Each run directory and its saved config. Raises UsageError for a path that is not a run directory, a run
+    that has not finished, a run given twice, or runs of different data sets (one table compares one task)."""
+    runs, seen = [], {}
+    for given in paths:
+        run = RunDir.open(given)
+        if run_status(run.path) != "done":
+            raise UsageError(f"{given} has not finished (no summary.json); finish it with `python train.py --resume "
+                             f"{given}` or leave it out")
+        key = run.path.resolve()
+        if key in seen:
+            raise UsageError(f"{given} is given twice (also as {seen[key]}); name each run once")
+        seen[key] = given
+        runs.append((run.path, run.load_config()))
+    datasets = list(dict.fromkeys(cfg.dataset for _, cfg in runs))
+    if len(datasets) > 1:
+        raise UsageError(f"the runs are on different data sets ({', '.join(datasets)}); one table compares runs of "
+                         "one data set")
+    return runs
+
+
+def group_runs(runs: list[tuple[Path, Config]]) -> tuple[list[str], list[tuple[str, list[tuple[Path, Config]]]]]:
+    """Runs whose configs differ only in EXECUTION_KEYS are one group (its seeds averaged), in the order first
+    given. Returns the config keys in which the groups differ and each group labelled by them ("mode=greedy
+    k=1"), or by its mode (and objective) when there is one group."""
+    by_identity: dict[str, list[tuple[Path, Config]]] = {}
+    for path, cfg in runs:
+        identity = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS}
+        by_identity.setdefault(json.dumps(identity, sort_keys=True), []).append((path, cfg))
+    members = list(by_identity.values())
+    dicts = [group[0][1].to_dict() for group in members]
+    differing = [k for k in dicts[0] if k not in EXECUTION_KEYS and len({json.dumps(d[k]) for d in dicts}) > 1]
+
+    def shown(value: Any) -> str:
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    labelled = []
+    for group in members:
+        cfg = group[0][1]
+        if differing:
+            label = " ".join(f"{k}={shown(getattr(cfg, k))}" for k in differing)
+        else:
+            label = cfg.mode + (f" {cfg.objective}" if cfg.objective != "ce" else "")
+        labelled.append((label, group))
+    return differing, labelled
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -255,6 +317,11 @@ def _pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
     return text if math.isnan(std) else f"{text} ± {std * scale:.{digits}f}"
 
 
+def k_text(k: int | None) -> str:
+    """A table's k cell: '—' where no auxiliary net of the run reads k."""
+    return "—" if k is None else str(k)
+
+
 def _flops_text(flops: float) -> str:
     exponent = int(math.floor(math.log10(flops))) if flops > 0 else 0
     return f"{flops / 10**exponent:.2f}e{exponent}"
@@ -280,7 +347,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         best = "—" if r["best_stage"] is None else \
             f"{r['best_stage']}: {_pm(r['best_stage_acc_mean'], r['best_stage_acc_std'])}"
-        cells = [*([r["method"]] if methods else []), r["mode"], str(r["k"]), str(r["epochs"]),
+        cells = [*([r["method"]] if methods else []), r["mode"], k_text(r["k"]), str(r["epochs"]),
                  _pm(r["final_acc_mean"], r["final_acc_std"]), best,
                  _pm(r["ensemble_acc_mean"], r["ensemble_acc_std"]),
                  _pm(r["train_s_mean"], r["train_s_std"], 1, 1), _pm(r["process_s_mean"], r["process_s_std"], 1, 1),
@@ -300,7 +367,7 @@ def depth_table(groups: list[Group]) -> str:
         cells = [_pm(m, s) for m, s in g.depth]
         if g.mode == "e2e":  # only the last head is trained
             cells = ["—"] * (stages - 1) + cells
-        lines.append("| " + " | ".join([g.label, str(g.k), *cells]) + " |")
+        lines.append("| " + " | ".join([g.label, k_text(g.k), *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -310,12 +377,14 @@ def memory_table(groups: list[Group]) -> str:
     head = ["method" if groups[0].method else "mode", "k", *(f"module {j + 1}" for j in range(pieces)), "max",
             "vs e2e"]
     e2e = {g.k: g.cost.peak_activation_bytes for g in groups if g.label == "e2e"}
+    if len(e2e) == 1 and None in e2e:  # e2e reads no k: one reference for every k
+        e2e = {g.k: e2e[None] for g in groups}
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         sizes = [f"{b / 2**20:.1f}" for b in g.cost.piece_activation_bytes]
         if g.mode == "e2e":
             sizes = ["—"] * (pieces - 1) + ["(whole net)"]
         ratio = f"{g.cost.peak_activation_bytes / e2e[g.k]:.2f}x" if g.k in e2e else "—"
-        cells = [g.label, str(g.k), *sizes, f"{g.cost.peak_activation_bytes / 2**20:.1f}", ratio]
+        cells = [g.label, k_text(g.k), *sizes, f"{g.cost.peak_activation_bytes / 2**20:.1f}", ratio]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

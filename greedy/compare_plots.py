@@ -38,7 +38,7 @@ def _style(g: Group, groups: list[Group]) -> dict:
     """Color, line style and legend label of a group: by k in a (mode, k) grid, by method in a methods table."""
     keys = list(dict.fromkeys(x.label if x.method else x.k for x in groups))
     key = g.label if g.method else g.k
-    label = g.label if g.method else f"{g.mode} k={g.k}"
+    label = g.label if g.method else g.mode if g.k is None else f"{g.mode} k={g.k}"
     return {"color": f"C{keys.index(key) % 10}", "ls": LINESTYLES[g.mode], "label": label}
 
 
@@ -80,14 +80,14 @@ def plot_memory(groups: list[Group]) -> bytes:
     """Peak activation memory (bytes saved for backward in one step) per mode or method, bars grouped by k."""
     plt, fig, ax = _figure()
     labels = list(dict.fromkeys(g.label for g in groups))
-    ks = sorted({g.k for g in groups})
+    ks = sorted({g.k for g in groups}, key=lambda k: (k is None, k or 0))  # None: a run that reads no k
     width = 0.8 / len(labels)
     for i, label in enumerate(labels):
         found = {g.k: g.cost.peak_activation_bytes / 2**20 for g in groups if g.label == label}
         xs = [ks.index(k) + (i - (len(labels) - 1) / 2) * width for k in found]
         bars = ax.bar(xs, list(found.values()), width, label=label, color=f"C{i % 10}")
         ax.bar_label(bars, fontsize=7, fmt="%.1f")
-    ax.set_xticks(range(len(ks)), [f"k={k}" for k in ks])
+    ax.set_xticks(range(len(ks)), [f"k={k}" if k is not None else "no k" for k in ks])
     ax.set(ylabel="MiB saved for backward (one step, max over stages)", title="Peak activation memory")
     ax.legend(fontsize=8)
     return _png(plt, fig)

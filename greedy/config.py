@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import inspect
 import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -16,7 +18,7 @@ from timm.optim import list_optimizers
 
 from greedy.errors import UsageError
 from greedy.optim import make_optimizer, make_scheduler
-from greedy.registry import DATASETS, OBJECTIVES, check_choice, did_you_mean
+from greedy.registry import DATASETS, HEADS, OBJECTIVES, check_choice, did_you_mean
 from greedy.schema import FIELDS, GROUPS, Config, choices
 
 _TYPES = typing.get_type_hints(Config)
@@ -251,6 +253,7 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     _check_pipeline(cfg)
     _check_probes(cfg)
     _check_objective(cfg)
+    _check_head_options(cfg)
     if cfg.grad_checkpoint and cfg.mode != "e2e":
         raise UsageError(f"config key 'grad_checkpoint': true recomputes the activations of end-to-end training "
                          f"(mode is {cfg.mode}, whose parts keep only one module's); pass --mode e2e or drop it")
@@ -273,6 +276,38 @@ def _check_objective(cfg: Config) -> None:
     if cfg.cache == "on" and cfg.mode == "greedy":
         raise UsageError(f"config key 'cache': on trains on the frozen prefix's cached features, but objective "
                          f"{cfg.objective} reconstructs the input images at every module; pass --cache off")
+
+
+# The config keys of the auxiliary nets' settings -> the constructor argument a head kind takes them as
+HEAD_OPTIONS = {"k": "k", "aux_width": "width", "pool_size": "pool_size"}
+
+
+def head_kinds(cfg: Config) -> list[str]:
+    """The auxiliary-net kinds a run trains: `aux` on modules 1..K-1 (not in mode e2e, where only the last block's
+    head learns), and the last block's head (`final_head`; `auxiliary` is the `aux` kind; timm's own classifier
+    takes no setting)."""
+    final = cfg.aux if cfg.final_head == "auxiliary" else cfg.final_head
+    kinds = [] if cfg.mode == "e2e" else [cfg.aux]
+    return kinds + ([final] if final != "timm" and final not in kinds else [])
+
+
+def head_takes(cfg: Config, key: str) -> bool:
+    """Whether an auxiliary net the run trains reads the setting `key` (k, aux_width, pool_size)."""
+    return any(HEAD_OPTIONS[key] in inspect.signature(HEADS.get(kind).__init__).parameters
+               for kind in head_kinds(cfg))
+
+
+def _check_head_options(cfg: Config) -> None:
+    """A head setting given (not its default) that no auxiliary net of the run reads is refused: `--k 3 --aux
+    mlp_sr` would otherwise train the same net as k 2 and be labelled k=3."""
+    for key in HEAD_OPTIONS:
+        value, default = getattr(cfg, key), FIELDS[key].default
+        if value == default or head_takes(cfg, key):
+            continue
+        takers = [name for name in HEADS if HEAD_OPTIONS[key] in inspect.signature(HEADS.get(name).__init__).parameters]
+        used = f"aux {cfg.aux}, final_head {cfg.final_head}" + (" in mode e2e" if cfg.mode == "e2e" else "")
+        raise UsageError(f"config key '{key}': {value} is read by no auxiliary net of this run ({used}), only by "
+                         f"{', '.join(takers)}; drop the key (default {default}) or pass --aux {takers[0]}")
 
 
 def _check_pipeline(cfg: Config) -> None:
@@ -356,17 +391,36 @@ def _check_optimizer(cfg: Config) -> None:
 
 
 class _OneLineParser(argparse.ArgumentParser):
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)  # for error()'s hints
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> typing.NoReturn:
-        """One line; an unknown flag gets the nearest real one (`--num-module` -> `--num-modules`)."""
+        """One line, with a hint for the usual slips: an unknown flag gets the nearest real one in its dashed
+        spelling (`--batchsize` -> `--batch-size`), a bare YAML path gets `-c`, and a list given as separate words
+        (`--widths 32 32`) gets its one comma-separated value (`--widths 32,32`)."""
         hint = ""
         if message.startswith("unrecognized arguments:"):
-            flags = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
-            for arg in message.split(":", 1)[1].split():
-                close = difflib.get_close_matches(arg.split("=")[0], flags, n=1) if arg.startswith("--") else []
-                if close:
-                    hint = f"; did you mean {close[0]}?"
-                    break
+            hint = self._hint(message.split(":", 1)[1].split())
         raise UsageError(f"{message}{hint}; see `{self.prog} --help`")
+
+    def _hint(self, unknown: list[str]) -> str:
+        flags = [o for action in self._actions for o in action.option_strings if o.startswith("--") and "_" not in o]
+        argv = getattr(self, "_argv", [])
+        for arg in unknown:
+            if arg.startswith("--"):
+                close = difflib.get_close_matches(arg.split("=")[0], flags, n=1)
+                if close:
+                    return f"; did you mean {close[0]}?"
+            elif arg.endswith((".yaml", ".yml")):
+                return f"; pass the config with -c: -c {arg}"
+            elif arg in argv:  # a second word after a flag's value: a list given with spaces
+                i = len(argv) - 1 - argv[::-1].index(arg)
+                j = max((n for n in range(i) if argv[n].startswith("-")), default=None)
+                if j is not None and all(not a.startswith("-") for a in argv[j + 1:i + 1]):
+                    return (f"; a flag takes one word: lists are comma-separated ({argv[j]} "
+                            f"{','.join(argv[j + 1:i + 1])})")
+        return ""
 
 
 def _metavar(key: str) -> str:

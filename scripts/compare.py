@@ -1,6 +1,7 @@
 """Greedy vs end-to-end vs decoupled training of one config, or the methods of local learning on one split: same
-architecture, data, augmentation and seeds.
+architecture, data, augmentation and seeds; or a table of run directories that exist, without training.
 
+    python scripts/compare.py runs/a runs/b runs/c                        # finished runs, compared as they are
     python scripts/compare.py -c configs/digits_k2.yaml --seeds 0,1
     python scripts/compare.py -c configs/fashion_mnist_compare.yaml --k 1,2,3 --seeds 0,1 --jobs 2 \\
         -- --data-dir ../shared/data/fashion-mnist
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,45 +40,95 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from greedy import compare  # noqa: E402
-from greedy import compare_plots as plots  # noqa: E402
+from greedy import compare_report as report  # noqa: E402
 from greedy.checkpoint import RunDir  # noqa: E402
 from greedy.compare import Group, RunSpec  # noqa: E402
-from greedy.config import build_config, config_arguments, load_yaml, make_parser  # noqa: E402
+from greedy.config import build_config, config_arguments, head_takes, load_yaml, make_parser  # noqa: E402
 from greedy.config import overrides_from_args as config_overrides  # noqa: E402
 from greedy.cost import measure_cost, train_size  # noqa: E402
 from greedy.errors import UsageError, run_cli  # noqa: E402
-from greedy.files import write_bytes  # noqa: E402
 from greedy.schema import MODES, RESUME_MUTABLE, Config  # noqa: E402
 
 # Keys the comparison sets for each run: not overridable after `--`.
 OWNED = {"mode": "--modes", "k": "--k", "seed": "--seeds", "name": "--experiment", "out_dir": "--out-dir",
          "experiment": "--experiment", "tracker": "--wandb"}
-PLOTS = {"accuracy_by_depth.png": plots.plot_depth, "accuracy_vs_time.png": plots.plot_time,
-         "memory.png": plots.plot_memory, "loss_terms.png": plots.plot_loss_terms}
+EXAMPLES = """examples:
+  python scripts/compare.py runs/a runs/b runs/c       finished runs as they are: the table and plots, no training
+  python scripts/compare.py -c configs/digits_k2.yaml --seeds 0,1 -- --epochs 3
+      modes greedy,e2e,decoupled x k 1,2,3 x seeds 0,1 (12 runs, e2e once per seed where it reads no k); what
+      follows `--` is train.py's config overrides, shared by every run
+  python scripts/compare.py -c configs/fashion_mnist_resnet.yaml --methods dgl,infopro_contrast,e2e --seeds 0,1 \\
+      -- --num-modules 4 --data-dir ../shared/data/fashion-mnist
+  python scripts/compare.py -c configs/imagenet_k3.yaml --k 3 --plan      the commands and costs, no training
+
+Defaults without flags: the three modes x k 1,2,3 x seeds 0,1,2 = 27 runs where the auxiliary net reads k."""
 
 
 def get_args(argv: list[str]) -> argparse.Namespace:
     """compare.py's own options; everything after `--` goes to train.py as config overrides."""
     own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    p = make_parser("compare.py", "Greedy vs end-to-end vs decoupled training of one config.")
-    p.add_argument("-c", "--config", required=True, help="YAML config (configs/*.yaml)")
-    p.add_argument("--modes", help="comma-separated: greedy,e2e,decoupled (default all three); with --methods "
+    p = make_parser("compare.py", "Train one config in several modes (or local-learning methods) x seeds and "
+                    "compare them in one table; or compare run directories that exist, without training.")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = EXAMPLES
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="finished run directories to compare as they are "
+                   "(instead of -c): runs differing only in seed are averaged")
+    p.add_argument("-c", "--config", help="YAML config (configs/*.yaml) to train the grid of")
+    p.add_argument("--modes", help="comma-separated: greedy,e2e,decoupled (default: all three); with --methods "
                    "the one mode the local methods train in (default: the config's, decoupled if it is e2e)")
-    p.add_argument("--k", help="comma-separated auxiliary-problem depths, each in 1..3 (default 1,2,3; with "
-                   "--methods the config's k)")
+    p.add_argument("--k", help="comma-separated auxiliary-problem depths, each in 1..3 (default: 1,2,3 where an "
+                   "auxiliary net of the run reads k (aux cnn), else none; with --methods the config's k)")
     p.add_argument("--methods", help=f"comma-separated methods on the config's split instead of modes x k: "
                    f"{','.join(compare.METHODS)}")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    p.add_argument("--budget", default="per_stage", help="epochs of e2e and decoupled: per_stage | total")
-    p.add_argument("--experiment", help="the experiment folder and W&B group (default: <config>-compare)")
-    p.add_argument("--out-dir", default="runs", help="where the experiment folder goes")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--budget", default="per_stage", help="epochs of e2e and decoupled: per_stage | total (default: "
+                   "per_stage)")
+    p.add_argument("--experiment", help="the experiment folder and W&B group (default: <config>-compare, "
+                   "<config>-methods, or runs-compare for RUN_DIRs)")
+    p.add_argument("--out-dir", default="runs", help="where the experiment folder goes (default: runs)")
     p.add_argument("--launcher", help='command prefix instead of python, e.g. "accelerate launch --multi_gpu"')
-    p.add_argument("--jobs", type=int, default=1, help="runs at once (CPU: each gets cores/jobs threads)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (CPU: each gets cores/jobs threads; default: 1)")
     p.add_argument("--wandb", action="store_true", help="log every run and a summary table to W&B")
     p.add_argument("--plan", action="store_true", help="print the runs, their commands and costs; train nothing")
+    moved = train_flags_before_separator(p, own)
+    if moved:
+        kept = [a for i, a in enumerate(own) if i not in moved]
+        given = [own[i] for i in sorted(moved)]
+        raise UsageError(f"unrecognized arguments: {shlex.join(given)}; train.py's config overrides go after `--`: "
+                         f"compare.py {shlex.join(kept)} -- {shlex.join(given + extra)}")
     args = p.parse_args(own)
+    if args.runs and args.config:
+        raise UsageError("give -c CONFIG (train a grid and compare it) or RUN_DIRs (compare runs that exist), not "
+                         "both")
+    if not args.runs and not args.config:
+        raise UsageError("nothing to compare: pass -c configs/<name>.yaml to train and compare a grid, or finished "
+                         "run directories (compare.py runs/a runs/b ...)")
+    if args.runs:
+        grid_only = [flag for flag, given in (("--modes", args.modes), ("--k", args.k), ("--methods", args.methods),
+                     ("--launcher", args.launcher), ("--plan", args.plan), ("--wandb", args.wandb),
+                     ("--jobs", args.jobs != 1), ("--budget", args.budget != "per_stage"),
+                     ("--seeds", args.seeds != "0,1,2"), (f"-- {shlex.join(extra)}", extra)) if given]
+        if grid_only:
+            raise UsageError(f"{grid_only[0]} is for training a grid (-c); RUN_DIRs are compared as they were "
+                             "trained: drop it")
     args.train_args = extra
     return args
+
+
+def train_flags_before_separator(parser: argparse.ArgumentParser, own: list[str]) -> set[int]:
+    """The positions in `own` of train.py config flags that compare.py does not take (`--epochs 3` given before
+    `--`), with their values."""
+    train = make_parser("train.py", "")
+    config_arguments(train)
+    ours = {o for action in parser._actions for o in action.option_strings}
+    theirs = {o for action in train._actions for o in action.option_strings} - ours
+    found: set[int] = set()
+    for i, arg in enumerate(own):
+        if arg.split("=")[0] in theirs:
+            found.add(i)
+            if "=" not in arg and i + 1 < len(own) and not own[i + 1].startswith("--"):
+                found.add(i + 1)
+    return found
 
 
 def int_list(flag: str, text: str) -> list[int]:
@@ -132,13 +183,20 @@ def make_plan(args: argparse.Namespace) -> Plan:
     base = build_config({**yaml_values, **extra}, check_data=False)
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     seeds = int_list("--seeds", args.seeds)
+    def reads_k(overrides: dict[str, Any]) -> bool:
+        return head_takes(Config(**{**yaml_values, **extra, **overrides}), "k")
+
     if methods:
-        specs = method_specs(args, base, methods, seeds, extra)
+        specs = [spec if reads_k(compare.METHODS[spec.method] | {"mode": spec.mode}) else replace(spec, k=None)
+                 for spec in method_specs(args, base, methods, seeds, extra)]
     else:
         modes = [m.strip() for m in (args.modes or ",".join(MODES)).split(",") if m.strip()]
         ks = int_list("--k", args.k or "1,2,3")
         compare.check_grid(modes, ks, seeds, args.budget)
-        specs = compare.run_specs(modes, ks, seeds)
+        if args.k and len(ks) > 1 and not any(reads_k({"mode": m}) for m in modes):
+            raise UsageError(f"--k {args.k}: no auxiliary net of this config reads k (aux {base.aux}, final_head "
+                             f"{base.final_head}); the runs would be identical: drop --k")
+        specs = compare.run_specs(modes, ks, seeds, lambda mode: reads_k({"mode": mode}))
     if args.jobs < 1:
         raise UsageError(f"--jobs: must be at least 1, got {args.jobs}")
     if args.jobs > 1 and args.launcher:
@@ -295,74 +353,13 @@ def groups_of(plan: Plan, n_train: int) -> list[Group]:
     return groups
 
 
-def write_if_changed(path: Path, data: str | bytes) -> None:
-    """Write a report file only when its content changed (a rerun that trains nothing changes nothing)."""
-    data = data.encode() if isinstance(data, str) else data
-    if not path.exists() or path.read_bytes() != data:
-        write_bytes(path, data)
-
-
-def report_markdown(plan: Plan, groups: list[Group], rows: list[dict[str, Any]], command: str) -> str:
-    cfg = plan.base
-    cached = any(r["feature_cache"] for r in rows)
+def write_grid_report(plan: Plan, command: str) -> list[dict[str, Any]]:
+    groups = groups_of(plan, train_size(plan.runs[0].cfg))
     methods = groups[0].method is not None
-    what = (f"every method trains the same architecture, split into K = {cfg.num_blocks} local modules, the local "
-            f"ones in mode {plan.runs[0].spec.mode if plan.runs[0].spec.mode != 'e2e' else cfg.mode}," if methods
-            else "every mode trains the same architecture for a given k")
-    lines = [
-        f"# {plan.experiment}: {'methods of local learning' if methods else 'greedy vs end-to-end vs decoupled'}", "",
-        f"`{command}`", "",
-        f"Config `{plan.args.config}` ({cfg.dataset}, widths {cfg.widths}, downsample {cfg.downsample}, batch "
-        f"{cfg.batch_size}, lr {cfg.lr:g}, augment {cfg.augment}); {what} on the same data with the same optimizer, "
-        "schedule shape, augmentation and seeds.", "",
-        compare.budget_rule(cfg, plan.args.budget), "",
-        "Mean ± std over seeds (sample std; none shown for one seed).", "",
-        compare.markdown_table(rows), "",
-        "Test accuracy of each stage's head (e2e trains only the last one):", "",
-        compare.depth_table(groups), "",
-        "Activation memory: MiB saved for backward in one training step of each piece that is backpropagated on "
-        "its own (greedy: block j + its auxiliary net and its objective's modules; decoupled: each block + the same, "
-        "on the detached output of the block before; e2e: the whole net), at the config's batch size:", "",
-        compare.memory_table(groups), "",
-        "- *best stage*: the stage whose head has the best mean test accuracy (greedy, decoupled).",
-        "- *ensemble*: the paper's ensemble of all heads (softmax outputs weighted by 2^j).",
-        "- *train s*: the epochs of all stages including the per-epoch test evaluation (summary.json "
-        "`total_time_s`; decoupled: its one joint pass). *process s*: wall time of the train.py process(es), "
-        "also counting start-up, data loading, the feature cache and the final evaluation (summed over resumed "
-        "segments; runs trained at once with --jobs share the CPU).",
-        "- *training FLOPs*: torch.utils.flop_counter.FlopCounterMode on one training step (forward + backward, "
-        "2 FLOPs per multiply-add; the optimizer step and per-epoch evaluation not counted) per stage on a random "
-        "batch of the data set's shape, per image x training images x epochs.",
-        "- *images / block*: training images each block is fit on (epochs x training-set size).",
-        "- *peak activations*: bytes autograd saves for backward in one training step at the config's batch "
-        "size (greedy.profiling.saved_tensor_bytes, parameters excluded), max over greedy stages / decoupled "
-        "parts (each part's graph is freed by its own backward); measured on CPU.",
-        "- *auxiliary params*: parameters trained only to train the net: the auxiliary nets of modules 1..K-1 and "
-        "the local objectives' own modules (PredSim's conv and linear layer, InfoPro's decoder and head, AugLocal's "
-        "copied units, MAN's copies and base); 0 for e2e.",
-        "- loss_terms.png: each local objective's weighted loss terms per module and epoch, mean over seeds.",
-    ]
-    if methods:
-        lines.append("- *methods*: " + "; ".join(f"{g.label}: " + (", ".join(
-            f"{k} {v}" for k, v in compare.METHODS[g.label].items()) or "the config as it is") for g in groups) +
-            " (e2e_ckpt: end to end with torch.utils.checkpoint per unit, each unit's activations recomputed in "
-            "the backward pass).")
-    if cached:
-        lines.append("- ¹ greedy trains on cached features (`greedy.cache`, augment none): the frozen prefix's "
-                     "forward is counted once per stage (one block forward over the training set as the cache "
-                     "advances), not in every epoch; the steps count block j + head j only.")
-    return "\n".join(lines) + "\n"
-
-
-def write_report(plan: Plan, command: str) -> list[dict[str, Any]]:
-    n_train = train_size(plan.runs[0].cfg)
-    groups = groups_of(plan, n_train)
-    rows = compare.aggregate(groups)
-    write_if_changed(plan.folder / "comparison.csv", compare.csv_text(rows))
-    write_if_changed(plan.folder / "comparison.md", report_markdown(plan, groups, rows, command))
-    for name, plot in PLOTS.items():
-        write_if_changed(plan.folder / name, plot(groups))
-    return rows
+    mode = plan.runs[0].spec.mode if plan.runs[0].spec.mode != "e2e" else plan.base.mode
+    header = report.grid_header(plan.experiment, plan.args.config, plan.base, plan.args.budget, mode, methods,
+                                command)
+    return report.write_report(plan.folder, header, groups, methods)
 
 
 def log_to_wandb(plan: Plan, rows: list[dict[str, Any]]) -> None:
@@ -376,7 +373,7 @@ def log_to_wandb(plan: Plan, rows: list[dict[str, Any]]) -> None:
                      name=f"{plan.experiment}-compare", dir=str(plan.folder), config=vars(plan.args))
     columns = list(rows[0])
     run.log({"comparison": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows]),
-             **{name.removesuffix(".png"): wandb.Image(str(plan.folder / name)) for name in PLOTS}})
+             **{name.removesuffix(".png"): wandb.Image(str(plan.folder / name)) for name in report.PLOTS}})
     where = run.dir.rsplit("/files", 1)[0]
     run.finish()
     if offline:
@@ -394,7 +391,7 @@ def plan_costs(plan: Plan) -> str:
             continue
         seen.add((run.spec.label, run.spec.k))
         cost = measure_cost(run.cfg, n_train)
-        lines.append(f"| {run.spec.label} | {run.spec.k} | {cost.epochs} | {cost.train_flops:.3g}"
+        lines.append(f"| {run.spec.label} | {compare.k_text(run.spec.k)} | {cost.epochs} | {cost.train_flops:.3g}"
                      f"{' (cached)' if cost.cached else ''} | {cost.images_per_block:,} | "
                      f"{cost.peak_activation_bytes / 2**20:.1f} |")
     return "\n".join(lines)
@@ -413,10 +410,32 @@ def hold_lock(folder: Path):
     return handle
 
 
+def compare_existing(args: argparse.Namespace, command: str) -> int:
+    """compare.py RUN_DIR ...: the table and plots of finished runs as they were trained; nothing trains."""
+    runs = compare.finished_runs(args.runs)
+    differing, labelled = compare.group_runs(runs)
+    n_train = train_size(runs[0][1])
+    groups = []
+    for label, members in labelled:
+        cfg = members[0][1]
+        specs = [RunSpec(c.mode, c.k if head_takes(c, "k") else None, c.seed, label) for _, c in members]
+        results = [compare.load_result(spec, path) for spec, (path, _) in zip(specs, members, strict=True)]
+        groups.append(Group(cfg.mode, specs[0].k, results, measure_cost(cfg, n_train), label))
+    experiment = args.experiment or "runs-compare"
+    folder = Path(args.out_dir) / experiment
+    header = report.runs_header(experiment, args.runs, differing, groups, command)
+    report.write_report(folder, header, groups, methods=False)
+    print((folder / "comparison.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    plan = make_plan(get_args(argv))
+    args = get_args(argv)
     command = shlex.join(["python", "scripts/compare.py", *argv])
+    if args.runs:
+        return compare_existing(args, command)
+    plan = make_plan(args)
     for run in plan.runs:
         check_existing(run)
     todo = [r for r in plan.runs if r.status != "done"]
@@ -429,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     lock = hold_lock(plan.folder)  # noqa: F841 (held until the process ends)
     run_all(plan, todo)
-    rows = write_report(plan, command)
+    rows = write_grid_report(plan, command)
     print((plan.folder / "comparison.md").read_text())
     if plan.args.wandb:
         log_to_wandb(plan, rows)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from greedy.errors import UsageError, run_cli
+from greedy.errors import UsageError, exit_code, run_cli
 from greedy.models.backbones import (
     WHAT_WORKS,
     Chain,
@@ -188,6 +188,65 @@ def test_pretrained_offline_is_one_line(monkeypatch, tmp_path, capsys):
         run_cli(lambda argv: timm_units("resnet18", pretrained=True, input_size=SIZE) and 0)
     assert exit_.value.code == 2
     assert capsys.readouterr().err == f"error: {line}\n"
+
+
+UNREACHABLE = ("cannot fetch pretrained weights for timm model 'resnet18': huggingface.co cannot be reached ([Errno "
+               "-2] Name or service not known) and they are not in the Hugging Face cache; put them there (HF_HOME) "
+               "on a machine with internet, or use pretrained=False")
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """A machine without the hub: its host name does not resolve (as here), no proxy, an empty cache."""
+    import socket
+
+    def unreachable(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://huggingface.co")
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "hub"
+
+
+def test_pretrained_without_the_hub_is_refused_at_once(no_hub, monkeypatch, tmp_path, capsys):
+    """Not in the cache and the hub unreachable: one line before any download is tried (huggingface_hub's retries
+    took 51 s here), also through train.py, which writes nothing."""
+    import timm
+
+    import train
+
+    def never(*args, **kwargs):
+        raise AssertionError("timm.create_model must not be called")
+
+    monkeypatch.setattr(timm, "create_model", never)
+    with pytest.raises(UsageError) as err:
+        timm_units("resnet18", pretrained=True, input_size=SIZE)
+    assert str(err.value) == UNREACHABLE
+    out = tmp_path / "runs"
+    code = exit_code(train.main, ["-c", "configs/digits_timm_resnet.yaml", "--model", "resnet18", "--pretrained",
+                                  "true", "--out-dir", str(out)])
+    assert code == 2 and capsys.readouterr().err == f"error: {UNREACHABLE}\n" and not out.exists()
+
+
+def test_pretrained_weights_in_the_cache_load_without_the_hub(no_hub):
+    """In the cache and the hub unreachable: loaded from the cache in offline mode (set only for that call)."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    reference = timm.create_model("resnet18", pretrained=False)
+    snapshot = no_hub / "models--timm--resnet18.a1_in1k" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (no_hub / "models--timm--resnet18.a1_in1k" / "refs").mkdir()
+    (no_hub / "models--timm--resnet18.a1_in1k" / "refs" / "main").write_text("0" * 40)
+    save_file(reference.state_dict(), str(snapshot / "model.safetensors"))
+    units, head = timm_units("resnet18", pretrained=True, input_size=SIZE)
+    assert torch.equal(head.model.conv1.weight, reference.conv1.weight)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored
 
 
 def test_unit_table_shapes_params_flops():

@@ -138,6 +138,18 @@ BAD_VALUES = [
     (["--name", "existing"], "run directory OUT/existing already exists"),
     (["--widht", "3"], "unrecognized arguments: --widht"),
     (["--num-module", "4"], "unrecognized arguments: --num-module 4; did you mean --num-modules?"),
+    (["--batchsize", "8"], "unrecognized arguments: --batchsize 8; did you mean --batch-size?"),
+    (["configs/digits_k2.yaml"], "unrecognized arguments: configs/digits_k2.yaml; pass the config with -c: -c "
+                                 "configs/digits_k2.yaml; see `train.py --help`"),
+    (["--widths", "32", "32"], "unrecognized arguments: 32; a flag takes one word: lists are comma-separated "
+                               "(--widths 32,32); see `train.py --help`"),
+    # settings no auxiliary net of the run reads
+    (["--k", "3", "--aux", "mlp_sr"], "config key 'k': 3 is read by no auxiliary net of this run (aux mlp_sr, "
+                                      "final_head auxiliary), only by cnn; drop the key (default 2) or pass --aux cnn"),
+    (["--aux", "linear", "--pool-size", "4"], "config key 'pool_size': 4 is read by no auxiliary net of this run "
+                                              "(aux linear, final_head auxiliary), only by cnn, mlp, mlp_sr"),
+    (["--mode", "e2e", "--final-head", "linear", "--aux-width", "8"],
+     "config key 'aux_width': 8 is read by no auxiliary net of this run (aux cnn, final_head linear in mode e2e)"),
     (["-c", "DUP"], "config key 'lr' appears twice (lines 1 and 3); keep one"),
     # resume
     (["--resume", "OUT/existing", "-c", "configs/digits_k2.yaml"], "--resume OUT/existing continues the run with"),

@@ -175,7 +175,8 @@ def test_methods_table_on_one_split(tmp_path):
     assert saved["infopro_contrast"].objective == "infopro_contrast" and saved["greedy_sl"].objective == "ce"
     assert saved["auglocal"].objective == "auglocal"
     table = (folder / "comparison.md").read_text()
-    assert table.startswith("# methods: methods of local learning") and "| e2e_ckpt | e2e | 2 |" in table
+    assert table.startswith("# methods: methods of local learning")
+    assert "| e2e_ckpt | e2e | — |" in table  # e2e trains only the linear last head, which reads no k
     assert "| method | k | module 1 | module 2 | module 3 | max | vs e2e |" in table
     for name in PLOTS:
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -310,3 +311,90 @@ def test_time_curve_adds_up_the_stages():
     metrics = [{"stage": s, "epoch": e, "time": 10.0 * e, "test_acc": 0.1 * s} for s in (1, 2) for e in (1, 2)]
     result = compare.RunResult(spec, {"stage_test_acc": [0.1, 0.2]}, metrics)
     assert compare.time_curve(result) == [(10.0, 0.1), (20.0, 0.1), (30.0, 0.2), (40.0, 0.2)]
+
+
+# ---------------------------------------------------------------------------------------------- runs that exist
+
+
+def test_existing_runs_are_compared_as_they_are(experiment, script, tmp_path, one_thread, capsys):
+    """compare.py RUN_DIR ...: the same numbers as the grid's own table, from the run directories alone; nothing
+    trains and nothing in the runs changes."""
+    folder, _ = experiment
+    before = tree_digest(folder)
+    runs = [str(folder / name) for name in RUNS]
+    assert script.main([*runs, "--out-dir", str(tmp_path), "--experiment", "mine"]) == 0
+    assert tree_digest(folder) == before
+    grid = {r["mode"]: r for r in csv.DictReader((folder / "comparison.csv").open())}
+    mine = list(csv.DictReader((tmp_path / "mine" / "comparison.csv").open()))
+    # the groups differ in mode (and e2e's e2e_epochs, which train.py reads): runs differing in seed are averaged
+    assert [r["method"] for r in mine] == ["mode=greedy e2e_epochs=None", "mode=e2e e2e_epochs=2",
+                                           "mode=decoupled e2e_epochs=None"]
+    for r in mine:
+        ref = grid[r["mode"]]
+        assert r["seeds"] == "2" and r["k"] == "1"
+        for key in ("final_acc_mean", "final_acc_std", "best_stage", "peak_activation_bytes", "train_flops"):
+            assert r[key] == ref[key], key
+    table = (tmp_path / "mine" / "comparison.md").read_text()
+    assert table.startswith("# mine: runs compared as they were trained") and "nothing retrained" in table
+    assert "The groups differ in: mode, e2e_epochs." in table and "**chosen on the test set**" in table
+    for name in PLOTS:
+        assert (tmp_path / "mine" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| mode=e2e e2e_epochs=2 | e2e | 1 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["PARTIAL"], "PARTIAL has not finished (no summary.json); finish it with `python train.py --resume PARTIAL` or "
+                  "leave it out"),
+    (["NOTARUN"], "NOTARUN is not a run directory (no config.yaml); pass a directory made by train.py"),
+    (["DONE", "DONE"], "DONE is given twice (also as DONE); name each run once"),
+    (["DONE", "-c", "configs/digits_k2.yaml"], "give -c CONFIG (train a grid and compare it) or RUN_DIRs (compare "
+                                               "runs that exist), not both"),
+    ([], "nothing to compare: pass -c configs/<name>.yaml to train and compare a grid, or finished run directories"),
+    (["DONE", "--modes", "greedy"], "--modes is for training a grid (-c); RUN_DIRs are compared as they were trained: "
+                                    "drop it"),
+    (["DONE", "--", "--epochs", "3"], "-- --epochs 3 is for training a grid (-c)"),
+    (["-c", "configs/digits_k2.yaml", "--epochs", "3", "--seeds", "0"],
+     "unrecognized arguments: --epochs 3; train.py's config overrides go after `--`: compare.py --out-dir OUT -c "
+     "configs/digits_k2.yaml --seeds 0 -- --epochs 3"),
+    (["-c", "configs/fashion_mnist_resnet.yaml", "--k", "1,2"], "--k 1,2: no auxiliary net of this config reads k "
+     "(aux mlp_sr, final_head linear); the runs would be identical: drop --k"),
+])
+def test_bad_runs_and_flags_are_one_line(experiment, script, tmp_path, args, message):
+    folder, _ = experiment
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.yaml").write_text((folder / "greedy-k1-s0" / "config.yaml").read_text())
+    out = tmp_path / "out"
+    subst = {"NOTARUN": str(tmp_path / "nope"), "DONE": str(folder / "greedy-k1-s0"), "PARTIAL": str(partial),
+             "OUT": str(out)}
+    args = [subst.get(a, a) for a in args]
+    for key, value in subst.items():
+        message = message.replace(key, value)
+    with pytest.raises(UsageError) as err:
+        script.main(["--out-dir", str(out), *args])
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not out.exists()
+
+
+def test_k_is_swept_only_where_an_auxiliary_net_reads_it(script, tmp_path, capsys):
+    """digits_resnet: aux cnn reads k in greedy and decoupled, its linear last head does not in e2e: e2e runs once
+    per seed. fashion_mnist_resnet (aux mlp_sr): no run reads k, one run per mode and seed."""
+    assert script.main(["-c", "configs/digits_resnet.yaml", "--seeds", "0", "--plan", "--out-dir",
+                        str(tmp_path)]) == 0
+    names = [line.split(" ")[0] for line in capsys.readouterr().out.splitlines() if " [new]: " in line]
+    assert names == ["greedy-k1-s0", "e2e-s0", "decoupled-k1-s0", "greedy-k2-s0", "decoupled-k2-s0", "greedy-k3-s0",
+                     "decoupled-k3-s0"]
+    assert script.main(["-c", "configs/fashion_mnist_resnet.yaml", "--seeds", "0", "--plan", "--out-dir",
+                        str(tmp_path), "--", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert [line.split(" ")[0] for line in out.splitlines() if " [new]: " in line] == [
+        "greedy-s0", "e2e-s0", "decoupled-s0"]
+    assert "| greedy | — |" in out and not any(tmp_path.iterdir())
+
+
+def test_help_shows_the_defaults_and_the_passthrough(script, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: 0,1,2)" in text and "(default: per_stage)" in text and "(default: runs)" in text
+    assert "-- --epochs 3" in text and "27 runs" in text and "RUN_DIR" in text

@@ -30,6 +30,7 @@ from greedy.analysis.plots import make_plots
 from greedy.analysis.runner import AT_INIT, FAMILIES, PAIRWISE, compare_cka, run_analysis
 from greedy.analysis.trajectory_plots import plot_trajectories
 from greedy.checkpoint import RunDir
+from greedy.config import head_takes
 from greedy.datasets import DataBundle
 from greedy.errors import UsageError
 from greedy.files import write_bytes
@@ -54,7 +55,8 @@ class LoadedRun:
 
     @property
     def label(self) -> str:
-        return f"{self.run.path.name} ({self.cfg.mode}, k={self.cfg.k})"
+        k = f", k={self.cfg.k}" if head_takes(self.cfg, "k") else ""  # k only where an auxiliary net reads it
+        return f"{self.run.path.name} ({self.cfg.mode}{k})"
 
 
 # ---------------------------------------------------------------------------------------------------------------

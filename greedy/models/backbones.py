@@ -47,9 +47,13 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
+import socket
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from urllib.parse import urlparse
 
+import huggingface_hub
 import timm
 import torch
 from torch import nn
@@ -127,7 +131,8 @@ def timm_units(name: str, *, pretrained: bool = False, num_classes: int | None =
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     try:
-        model = timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **kwargs)
+        with _hub_or_cache(name) if pretrained else nullcontext():
+            model = timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **kwargs)
     except OSError as err:  # huggingface_hub's and requests' errors are OSErrors
         if not pretrained:
             raise
@@ -143,6 +148,42 @@ def timm_units(name: str, *, pretrained: bool = False, num_classes: int | None =
     if input_size is None:
         input_size = (in_chans, *model.pretrained_cfg["input_size"][1:])
     return model_units(model, input_size, name=name)
+
+
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@contextmanager
+def _hub_or_cache(name: str) -> Iterator[None]:
+    """Where timm model `name`'s pretrained weights will come from, decided in at most a few seconds. If the
+    Hugging Face hub's host cannot even be connected to (an offline machine), weights in the local cache are
+    loaded in offline mode, and weights not there are refused in one line at once: huggingface_hub would
+    otherwise retry for about a minute before failing. Behind a proxy, or with HF_HUB_OFFLINE already set,
+    huggingface_hub decides alone. Raises UsageError."""
+    constants = huggingface_hub.constants
+    repo = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+    if constants.HF_HUB_OFFLINE or not repo or any(os.environ.get(v) for v in _PROXIES):
+        yield
+        return
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as err:
+        cached = any(isinstance(huggingface_hub.try_to_load_from_cache(repo.split("@")[0], f,
+                                                                       cache_dir=constants.HF_HUB_CACHE), str)
+                     for f in _WEIGHT_FILES)
+        if not cached:
+            raise UsageError(f"cannot fetch pretrained weights for timm model {name!r}: {host} cannot be reached "
+                             f"({_one_line(err)}) and they are not in the Hugging Face cache; put them there "
+                             f"(HF_HOME) on a machine with internet, or use pretrained=False") from None
+        constants.HF_HUB_OFFLINE = True  # load them from the cache without trying the network
+        try:
+            yield
+        finally:
+            constants.HF_HUB_OFFLINE = False
+        return
+    yield
 
 
 def model_units(model: nn.Module, input_size: tuple[int, int, int], *, name: str | None = None,

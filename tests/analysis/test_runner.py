@@ -311,3 +311,33 @@ def test_initial_net_is_the_net_train_py_started_from(tmp_path, monkeypatch):
     assert all(torch.equal(rebuilt[k], created[0][k]) for k in rebuilt)
     trained = evaluate.load_trained(run)[2].state_dict()
     assert not torch.equal(trained["blocks.0.conv.weight"], rebuilt["blocks.0.conv.weight"])
+
+
+def test_a_bad_compare_run_is_refused_before_any_evaluation(runs, tmp_path, monkeypatch, capsys):
+    """`evaluate.py RUN --analysis linear --compare runs/nope` used to evaluate RUN fully first."""
+    from greedy.errors import exit_code
+
+    def never(*args, **kwargs):
+        raise AssertionError("nothing may be loaded before --compare is checked")
+
+    monkeypatch.setattr(evaluate, "load_trained", never)
+    code = exit_code(evaluate.main, [str(runs / "a"), "--analysis", "linear", "--compare", str(tmp_path / "nope")])
+    assert code == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'nope'} is not a run directory (no config.yaml); pass a "
+                                       "directory made by train.py\n")
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text((runs / "b" / "config.yaml").read_text())
+    code = exit_code(evaluate.main, [str(runs / "a"), "--analysis", "linear", "--compare", str(unfinished)])
+    assert code == 2 and f"--compare {unfinished} has no model.safetensors" in capsys.readouterr().err
+
+
+def test_a_run_is_labelled_with_k_only_where_an_auxiliary_net_reads_it(tmp_path):
+    from greedy.analysis.report import LoadedRun
+    from greedy.config import build_config, load_yaml
+
+    base = load_yaml("configs/digits_k2.yaml")
+    cnn = build_config({**base, "k": 3}, check_data=False)
+    dgl = build_config({**base, "aux": "mlp_sr"}, check_data=False)
+    assert LoadedRun(RunDir(tmp_path / "a"), cnn, None, None).label == "a (greedy, k=3)"
+    assert LoadedRun(RunDir(tmp_path / "b"), dgl, None, None).label == "b (greedy)"  # mlp_sr reads no k
