@@ -51,7 +51,8 @@ def load_trained(run: RunDir, data_dir: str | None = None):
     if not weights.exists():
         raise UsageError(f"{run.path} has no model.safetensors (training did not finish); "
                          f"finish it with `python train.py --resume {run.path}`")
-    data = create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment="none", download=cfg.download)
+    data = create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment="none", download=cfg.download,
+                           norm=(cfg.norm_mean, cfg.norm_std))
     net = create_greedy_net(cfg, num_classes=data.num_classes, in_chans=data.in_chans)
     load_into(net, load_safetensors(weights), weights)
     return cfg, data, net

@@ -26,6 +26,7 @@ from greedy.datasets import (
     DataBundle,
     create_datasets,
     create_loaders,
+    dataset_classes,
     dataset_info,
     default_workers,
     log_skipped_images,
@@ -96,7 +97,8 @@ def check_model_shapes(cfg: Config):
     """The config's net on the meta device (no memory, no data; a timm backbone is built for real to prove its
     chain), after refusing, before any work, images too small for it (one line naming the module)."""
     info = dataset_info(cfg.dataset)
-    return check_shapes(cfg, info.in_chans, cfg.img_size or info.img_size, cfg.num_classes or info.num_classes)
+    classes = cfg.num_classes or dataset_classes(cfg.dataset, cfg.data_dir) or info.num_classes
+    return check_shapes(cfg, info.in_chans, cfg.img_size or info.img_size, classes)
 
 
 def data_loaders(cfg: Config, data: DataBundle, accelerator) -> tuple:
@@ -210,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     use_cache = cache_enabled(cfg, say)
     data = create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size,
                            augment="none" if use_cache else cfg.augment, download=cfg.download,
-                           strict_data=cfg.strict_data)
+                           strict_data=cfg.strict_data, val_split=cfg.val_split, split_seed=cfg.seed,
+                           norm=(cfg.norm_mean, cfg.norm_std))
+    seen = data.for_training()  # with val_split, training evaluates and selects on it: the test set waits
     if cfg.num_classes not in (None, data.num_classes):
         raise UsageError(f"config key 'num_classes' is {cfg.num_classes} but {cfg.dataset} in {cfg.data_dir} "
                          f"has {data.num_classes} classes; drop the key or fix the data")
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pipeline_figures: list[dict] = []
         cache = FeatureCache.for_run(cfg, accelerator, run.path, say) if use_cache else None
-        probes = TrainingProbes.for_run(cfg, net, data)  # None unless probe_every is set
+        probes = TrainingProbes.for_run(cfg, net, seen)  # None unless probe_every is set
         try:
             for i in range(builder.num_stages):
                 stage = builder.stage(i)
@@ -258,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                 elif accelerator.is_main_process:  # a fresh stage: no record of an earlier try of it stays
                     run.drop_stage_metrics(stage.index, by_epoch=stage.decoupled)
                 if pipe is not None:
-                    pipeline_figures = pipe.train(stage, data, run, tracker, resume_from, say)
+                    pipeline_figures = pipe.train(stage, seen, run, tracker, resume_from, say)
                 else:
-                    stage, loaders, cache_seconds = stage_loaders(cfg, data, stage, cache, net, accelerator)
+                    stage, loaders, cache_seconds = stage_loaders(cfg, seen, stage, cache, net, accelerator)
                     train_stage(stage, cfg, accelerator, loaders, run, tracker, resume_from, say, cache_seconds,
                                 probes)
                 if accelerator.is_main_process:
@@ -273,9 +277,14 @@ def main(argv: list[str] | None = None) -> int:
             if cache is not None:
                 cache.close()
 
-        _, test_loader = data_loaders(cfg, data, accelerator)
+        _, test_loader = data_loaders(cfg, data, accelerator)  # the test set, read once, now
         heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator, cfg.channels_last)
         rows, final = results(cfg, net, run, heads, accelerator)
+        if data.val is not None:  # the validation split's heads too: what selections read
+            _, val_loader = data_loaders(cfg, seen, accelerator)
+            val = trained_heads(cfg, evaluate_heads(net, accelerator.prepare(val_loader), accelerator,
+                                                    cfg.channels_last))
+            final.update(stage_val_acc=val["head_acc"], final_val_acc=val["head_acc"][-1])
         skipped = skipped_images(data)
         if skipped:
             say(f"warning: skipped {len(skipped)} unreadable image(s), listed in summary.json (skipped_images)")
@@ -285,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         if accelerator.is_main_process:
             run.save_weights(run.path / "model.safetensors",
                              {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})
-            run.save_summary({"mode": cfg.mode, "rows": rows, **final})
+            run.save_summary({"mode": cfg.mode, "held_out": cfg.held_out, "rows": rows, **final})
         say(format_table(rows))
         say(f"final test accuracy: {final['final_test_acc']:.4f}  ({run.path})")
         tracker.log_summary(rows, final)

@@ -244,7 +244,7 @@ def time_curve(result: RunResult) -> list[tuple[float, float]]:
         if r["stage"] not in ends and ends:
             offset = sum(ends.values())
         ends[r["stage"]] = r["time"]
-        curve.append((offset + r["time"], r["test_acc"]))
+        curve.append((offset + r["time"], r["val_acc"] if "val_acc" in r else r["test_acc"]))
     return curve
 
 
@@ -264,7 +264,9 @@ class Group:
     results: list[RunResult]
     cost: Cost
     method: str | None = None
-    depth: list[tuple[float, float]] = field(init=False)  # mean, std of each stage's head
+    depth: list[tuple[float, float]] = field(init=False)  # mean, std of each stage's head on the test set
+    # the same on the validation split, where every run of the group has one (val_split); None otherwise
+    val_depth: list[tuple[float, float]] | None = field(init=False)
 
     @property
     def label(self) -> str:
@@ -273,6 +275,10 @@ class Group:
     def __post_init__(self) -> None:
         by_stage = zip(*(accuracy_by_depth(r) for r in self.results), strict=True)
         self.depth = [mean_std(list(accs)) for accs in by_stage]
+        self.val_depth = None
+        if all("stage_val_acc" in r.summary for r in self.results):
+            by_stage = zip(*(r.summary["stage_val_acc"] for r in self.results), strict=True)
+            self.val_depth = [mean_std(list(accs)) for accs in by_stage]
 
     def values(self, get: Callable[[RunResult], float | None]) -> tuple[float, float]:
         found = [v for v in map(get, self.results) if v is not None]
@@ -285,7 +291,8 @@ def aggregate(groups: list[Group]) -> list[dict[str, Any]]:
     for g in groups:
         final = g.values(lambda r: r.summary["final_test_acc"])
         per_block = g.mode != "e2e"
-        best = max(range(len(g.depth)), key=lambda j: g.depth[j][0]) if per_block else None
+        select = g.val_depth or g.depth  # chosen on the validation split where there is one, else on the test set
+        best = max(range(len(select)), key=lambda j: select[j][0]) if per_block else None
         ensemble = g.values(lambda r: r.summary["ensemble_acc"][-1]) if per_block else (math.nan, math.nan)
         train_s = g.values(lambda r: r.summary["total_time_s"])
         process_s = g.values(lambda r: r.process_seconds)
@@ -293,7 +300,7 @@ def aggregate(groups: list[Group]) -> list[dict[str, Any]]:
             **({"method": g.method} if g.method else {}),
             "mode": g.mode, "k": g.k, "seeds": len(g.results), "epochs": g.cost.epochs,
             "final_acc_mean": final[0], "final_acc_std": final[1],
-            "best_stage": best + 1 if best is not None else None,
+            "best_stage": best + 1 if best is not None else None, "selected_on": "val" if g.val_depth else "test",
             "best_stage_acc_mean": g.depth[best][0] if best is not None else math.nan,
             "best_stage_acc_std": g.depth[best][1] if best is not None else math.nan,
             "ensemble_acc_mean": ensemble[0], "ensemble_acc_std": ensemble[1],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import inspect
 import math
 import sys
 import types
@@ -19,7 +18,7 @@ from timm.optim import list_optimizers
 from greedy.errors import UsageError
 from greedy.optim import make_optimizer, make_scheduler
 from greedy.registry import DATASETS, HEADS, OBJECTIVES, check_choice, did_you_mean
-from greedy.schema import FIELDS, GROUPS, Config, choices
+from greedy.schema import FIELDS, GROUPS, HEAD_OPTIONS, Config, choices, head_takes, reads
 
 _TYPES = typing.get_type_hints(Config)
 
@@ -158,6 +157,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "log_every": (1, math.inf, False, False),
     "img_size": (1, math.inf, False, False),
     "num_classes": (2, math.inf, False, False),
+    "val_split": (0, 1, False, True),  # 1 would leave nothing to train on
     "num_workers": (0, math.inf, False, False),
     "k": (1, 3, False, False),  # hidden layers of each auxiliary problem, the block counted
     "aux_width": (1, math.inf, False, False),
@@ -246,6 +246,10 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     if cfg.augment not in ("none", fits):
         raise UsageError(f"config key 'augment': {cfg.augment!r} does not apply to dataset '{cfg.dataset}'; "
                          f"use {fits} or none")
+    _check_norm(cfg, in_memory)
+    if cfg.val_split and not in_memory:
+        raise UsageError(f"config key 'val_split': {cfg.val_split} holds out part of an in-memory training set; "
+                         f"{cfg.dataset} is read from image folders: validate on its own val/ folder or drop the key")
     if cfg.device_data == "on" and not in_memory:
         raise UsageError(f"config key 'device_data': on holds an in-memory dataset on the accelerator; {cfg.dataset} "
                          "is decoded from image folders by DataLoader workers: use --device-data auto or off")
@@ -264,6 +268,23 @@ def validate(cfg: Config, check_data: bool = True) -> None:
         )
 
 
+def _check_norm(cfg: Config, in_memory: bool) -> None:
+    """norm_mean and norm_std: both or neither, one finite value per input channel, std > 0, in-memory data."""
+    mean, std = cfg.norm_mean, cfg.norm_std
+    if not mean and not std:
+        return
+    channels = DATASETS[cfg.dataset].info.in_chans
+    if not in_memory:
+        raise UsageError(f"config keys norm_mean/norm_std normalize in-memory data sets; {cfg.dataset} uses its "
+                         "transforms' statistics: drop them")
+    if len(mean) != channels or len(std) != channels:
+        raise UsageError(f"config keys norm_mean/norm_std: {mean} and {std} must give one value per channel of "
+                         f"{cfg.dataset} ({channels}), e.g. --norm-mean {','.join(['0.5'] * channels)} --norm-std "
+                         f"{','.join(['0.25'] * channels)}")
+    if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+        raise UsageError(f"config keys norm_mean/norm_std: {mean} and {std} must be finite, each std > 0")
+
+
 def _check_objective(cfg: Config) -> None:
     """infopro_lambdas: four finite weights >= 0. An objective that reads the input images at every module
     (InfoPro) cannot train on cached features (cache on)."""
@@ -278,25 +299,6 @@ def _check_objective(cfg: Config) -> None:
                          f"{cfg.objective} reconstructs the input images at every module; pass --cache off")
 
 
-# The config keys of the auxiliary nets' settings -> the constructor argument a head kind takes them as
-HEAD_OPTIONS = {"k": "k", "aux_width": "width", "pool_size": "pool_size"}
-
-
-def head_kinds(cfg: Config) -> list[str]:
-    """The auxiliary-net kinds a run trains: `aux` on modules 1..K-1 (not in mode e2e, where only the last block's
-    head learns), and the last block's head (`final_head`; `auxiliary` is the `aux` kind; timm's own classifier
-    takes no setting)."""
-    final = cfg.aux if cfg.final_head == "auxiliary" else cfg.final_head
-    kinds = [] if cfg.mode == "e2e" else [cfg.aux]
-    return kinds + ([final] if final != "timm" and final not in kinds else [])
-
-
-def head_takes(cfg: Config, key: str) -> bool:
-    """Whether an auxiliary net the run trains reads the setting `key` (k, aux_width, pool_size)."""
-    return any(HEAD_OPTIONS[key] in inspect.signature(HEADS.get(kind).__init__).parameters
-               for kind in head_kinds(cfg))
-
-
 def _check_head_options(cfg: Config) -> None:
     """A head setting given (not its default) that no auxiliary net of the run reads is refused: `--k 3 --aux
     mlp_sr` would otherwise train the same net as k 2 and be labelled k=3."""
@@ -304,7 +306,7 @@ def _check_head_options(cfg: Config) -> None:
         value, default = getattr(cfg, key), FIELDS[key].default
         if value == default or head_takes(cfg, key):
             continue
-        takers = [name for name in HEADS if HEAD_OPTIONS[key] in inspect.signature(HEADS.get(name).__init__).parameters]
+        takers = [name for name in HEADS if reads(name, key)]
         used = f"aux {cfg.aux}, final_head {cfg.final_head}" + (" in mode e2e" if cfg.mode == "e2e" else "")
         raise UsageError(f"config key '{key}': {value} is read by no auxiliary net of this run ({used}), only by "
                          f"{', '.join(takers)}; drop the key (default {default}) or pass --aux {takers[0]}")

@@ -45,13 +45,15 @@ class Cost:
 
 
 def train_size(cfg: Config) -> int:
-    """Training images: counted from the data when it is here, else the data set's standard size."""
+    """Training images (without the validation split): counted from the data when it is here, else the data set's
+    standard size less round(val_split x it) (the stratified split rounds per class: within a few images)."""
     try:
-        return len(create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment="none").train)
+        return len(create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment="none",
+                                   val_split=cfg.val_split, split_seed=cfg.seed).train)
     except UsageError:
         if cfg.dataset not in TRAIN_SIZES:
             raise
-        return TRAIN_SIZES[cfg.dataset]
+        return TRAIN_SIZES[cfg.dataset] - round(cfg.val_split * TRAIN_SIZES[cfg.dataset])
 
 
 def _net(cfg: Config, device: str) -> tuple[GreedyNet, tuple[int, int, int], int]:

@@ -311,7 +311,7 @@ class Pipeline:
             return self._train(stage, cfg, accelerator, p, data, run, tracker, resume_from, say)
 
     def _train(self, stage, cfg, accelerator, p, data, run, tracker, resume_from, say) -> list[dict]:
-        epochs, mine = cfg.train_epochs, p.blocks()
+        epochs, mine, held_out = cfg.train_epochs, p.blocks(), cfg.held_out
         set_seed(cfg.seed + 1000 * (stage.index + 1) + p.replica)  # what rank `replica` of a D-process run sets
         parts = [stage.parts[j] for j in mine]
         optimizers = [make_optimizer(cfg, part) for part in parts]
@@ -366,11 +366,11 @@ class Pipeline:
             for (index, name), loss, part_terms, train_acc, test_acc in zip(stage.part_ids(), losses, terms,
                                                                             train_accs, test_accs, strict=True):
                 record = {"stage": index + 1, "stage_name": name, "epoch": epoch + 1, "loss": loss, **part_terms,
-                          "train_acc": train_acc, "test_acc": test_acc, "lr": lr, "time": seconds, "cache_time": 0.0,
-                          "step_time": step_time}
+                          "train_acc": train_acc, f"{held_out}_acc": test_acc, "lr": lr, "time": seconds,
+                          "cache_time": 0.0, "step_time": step_time}
                 tracker.log_epoch(record, step)
-                say(f"{name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train {train_acc:.4f}  test {test_acc:.4f}"
-                    f"  lr {lr:.4g}  {seconds:.1f}s")
+                say(f"{name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train {train_acc:.4f}  {held_out} "
+                    f"{test_acc:.4f}  lr {lr:.4g}  {seconds:.1f}s")
             with self.talking_to(None, "saving the epoch's state"):
                 run.save_state(accelerator, stage.index, epoch, {"step": step, "seconds": seconds, "cache_time": 0.0},
                                save_rank=lambda folder: self.save_rank(folder, parts, optimizers))

@@ -9,6 +9,7 @@ implementations, read when checked). Loading, coercion, validation and the comma
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,13 @@ class Config:
     download: bool = _data(False, "fetch fashion_mnist / cifar10 / cifar100 into data_dir when missing")
     img_size: int | None = _data(None, "image side in pixels; none: the data set's")
     num_classes: int | None = _data(None, "classes; none: the data set's")
+    norm_mean: list[float] = _data([], "per-channel mean the images are normalized with, for pixel values in [0, 1] "
+                                   "(in-memory data sets); empty: the data set's published one or its training "
+                                   "split's")
+    norm_std: list[float] = _data([], "per-channel std, as norm_mean")
+    val_split: float = _data(0.0, "fraction of the training set held out as a validation split (stratified, seeded "
+                             "by seed): per-epoch evaluation and every selection use it, the test set is evaluated "
+                             "once at the end; 0: none (per-epoch evaluation on the test set)")
     augment: str = _data("none", "training augmentation: crop_flip (pad 4, random crop, flip) for in-memory data, "
                         "imagenet (random resized crop, flip) for image folders", AUGMENTATIONS)
     device_data: str = _data("auto", "hold the data set on the accelerator and augment batches there (auto: every "
@@ -195,6 +203,12 @@ class Config:
         return (self.e2e_epochs or self.epochs) if self.mode == "e2e" else self.epochs
 
     @property
+    def held_out(self) -> str:
+        """The split evaluated after every epoch and used for every selection: "val" with a val_split, else
+        "test"; the per-epoch records name their accuracy after it (`val_acc`, `test_acc`)."""
+        return "val" if self.val_split else "test"
+
+    @property
     def on_device(self) -> bool:
         """Whether the data set is held on the accelerator (device_data on, or auto with an in-memory dataset)."""
         return self.device_data == "on" or (self.device_data == "auto" and DATASETS[self.dataset].in_memory)
@@ -219,3 +233,26 @@ def choices(key: str) -> tuple[str, ...] | None:
     if allowed is None:
         return None
     return tuple(allowed()) if callable(allowed) else tuple(allowed)
+
+
+# The config keys of the auxiliary nets' settings -> the constructor argument a head kind takes them as
+HEAD_OPTIONS = {"k": "k", "aux_width": "width", "pool_size": "pool_size"}
+
+
+def head_kinds(cfg: Config) -> list[str]:
+    """The auxiliary-net kinds a run trains: `aux` on modules 1..K-1 (not in mode e2e, where only the last block's
+    head learns), and the last block's head (`final_head`; `auxiliary` is the `aux` kind; timm's own classifier
+    takes no setting)."""
+    final = cfg.aux if cfg.final_head == "auxiliary" else cfg.final_head
+    kinds = [] if cfg.mode == "e2e" else [cfg.aux]
+    return kinds + ([final] if final != "timm" and final not in kinds else [])
+
+
+def reads(kind: str, key: str) -> bool:
+    """Whether the auxiliary net `kind`'s constructor takes the setting `key` (as heads.create_head passes it)."""
+    return HEAD_OPTIONS[key] in inspect.signature(HEADS.get(kind).__init__).parameters
+
+
+def head_takes(cfg: Config, key: str) -> bool:
+    """Whether an auxiliary net the run trains reads the setting `key` (k, aux_width, pool_size)."""
+    return any(reads(kind, key) for kind in head_kinds(cfg))

@@ -310,6 +310,7 @@ def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, ru
     for _, name in stage.part_ids():
         tracker.begin_stage(name)
     show = show_progress(cfg, accelerator)
+    held_out = cfg.held_out
     result = StageResult(stage.name, stage.index, float("nan"), float("nan"), float("nan"), seconds)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
@@ -329,12 +330,12 @@ def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, ru
                                                                         test_accs, strict=True):
             result = StageResult(stage.name, stage.index, test_acc, train_acc, loss, seconds)
             record = {"stage": index + 1, "stage_name": name, "epoch": epoch + 1, "loss": loss, **part_terms,
-                      "train_acc": train_acc, "test_acc": test_acc, "lr": lr, "time": seconds,
+                      "train_acc": train_acc, f"{held_out}_acc": test_acc, "lr": lr, "time": seconds,
                       "cache_time": cache_time, "step_time": step_time}
             tracker.log_epoch(record, step)
             if accelerator.is_main_process:
                 say(f"{name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train {train_acc:.4f}  "
-                    f"test {test_acc:.4f}  lr {lr:.4g}  {seconds:.1f}s")
+                    f"{held_out} {test_acc:.4f}  lr {lr:.4g}  {seconds:.1f}s")
         if probes is not None:  # every probe_every epochs; leaves the RNG and the weights as they were
             probes.after_epoch(stage, epoch, epochs, accelerator, tracker.log_probe)
         run.save_state(accelerator, stage.index, epoch, {"step": step, "seconds": seconds, "cache_time": cache_time})

@@ -43,11 +43,11 @@ from greedy import compare  # noqa: E402
 from greedy import compare_report as report  # noqa: E402
 from greedy.checkpoint import RunDir  # noqa: E402
 from greedy.compare import Group, RunSpec  # noqa: E402
-from greedy.config import build_config, config_arguments, head_takes, load_yaml, make_parser  # noqa: E402
+from greedy.config import build_config, config_arguments, load_yaml, make_parser  # noqa: E402
 from greedy.config import overrides_from_args as config_overrides  # noqa: E402
 from greedy.cost import measure_cost, train_size  # noqa: E402
 from greedy.errors import UsageError, run_cli  # noqa: E402
-from greedy.schema import MODES, RESUME_MUTABLE, Config  # noqa: E402
+from greedy.schema import MODES, RESUME_MUTABLE, Config, head_takes  # noqa: E402
 
 # Keys the comparison sets for each run: not overridable after `--`.
 OWNED = {"mode": "--modes", "k": "--k", "seed": "--seeds", "name": "--experiment", "out_dir": "--out-dir",

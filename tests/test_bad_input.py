@@ -56,6 +56,15 @@ BAD_VALUES = [
     (["--probe-samples", "5"], "config key 'probe_samples': 5 is outside the allowed range [10, inf)"),
     (["--pool-size", "0"], "config key 'pool_size': 0 is outside the allowed range [1, inf)"),
     (["--aux-width", "0"], "config key 'aux_width': 0 is outside the allowed range [1, inf)"),
+    (["--val-split", "1"], "config key 'val_split': 1.0 is outside the allowed range [0, 1)"),
+    (["--norm-mean", "0.5"], "config keys norm_mean/norm_std: [0.5] and [] must give one value per channel of "
+                             "digits (1), e.g. --norm-mean 0.5 --norm-std 0.25"),
+    (["--norm-mean", "0.5", "--norm-std", "0"], "config keys norm_mean/norm_std: [0.5] and [0.0] must be finite, "
+                                                "each std > 0"),
+    (["--dataset", "imagenet", "--norm-mean", "0.5,0.5,0.5", "--norm-std", "0.2,0.2,0.2"],
+     "config keys norm_mean/norm_std normalize in-memory data sets; imagenet uses its transforms' statistics"),
+    (["--dataset", "imagenet", "--val-split", "0.1"], "config key 'val_split': 0.1 holds out part of an in-memory "
+     "training set; imagenet is read from image folders: validate on its own val/ folder or drop the key"),
     (["--k", "0"], "config key 'k': 0 is outside the allowed range [1, 3]"),
     (["--num-classes", "1"], "config key 'num_classes': 1 is outside the allowed range [2, inf)"),
     (["--img-size", "0"], "config key 'img_size': 0 is outside the allowed range [1, inf)"),

@@ -83,7 +83,7 @@ def test_registries_are_full_from_the_config_alone():
             "print(','.join(DATASETS), ','.join(HEADS), ','.join(choices('probes')), len(PROBES))\n"
             "build_config({'aux': 'mlp_sr', 'probes': ['knn'], 'dataset': 'fake'})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["digits,fashion_mnist,cifar10,cifar100,imagenet,fake", "cnn,mlp,mlp_sr,linear,vgg",
+    assert out.split() == ["digits,fashion_mnist,cifar10,cifar100,imagenet,folder,fake", "cnn,mlp,mlp_sr,linear,vgg",
                            "linear,knn,clustering,binned_entropy,information", "13"]
 
 

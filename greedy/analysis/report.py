@@ -30,12 +30,11 @@ from greedy.analysis.plots import make_plots
 from greedy.analysis.runner import AT_INIT, FAMILIES, PAIRWISE, compare_cka, run_analysis
 from greedy.analysis.trajectory_plots import plot_trajectories
 from greedy.checkpoint import RunDir
-from greedy.config import head_takes
 from greedy.datasets import DataBundle
 from greedy.errors import UsageError
 from greedy.files import write_bytes
 from greedy.models import GreedyNet, create_greedy_net
-from greedy.schema import Config
+from greedy.schema import Config, head_takes
 
 ANALYSIS_FILE = "analysis.json"
 PLOT_DIR = "analysis"

@@ -14,14 +14,24 @@ RNG state makes a run reproducible); the device path from generators seeded by (
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from greedy.datasets.device import DeviceLoader
-from greedy.datasets.source import DataBundle, DatasetInfo, RawData, TensorImageDataset, check_labels, data_source
+from greedy.datasets.source import (
+    DataBundle,
+    DatasetInfo,
+    RawData,
+    TensorImageDataset,
+    check_labels,
+    data_source,
+    stratified_split,
+)
 from greedy.datasets.transforms import (
     AUGMENTATIONS,
     CROP_PADDING,
@@ -39,15 +49,23 @@ def dataset_info(dataset: str) -> DatasetInfo:
     return data_source(dataset).info
 
 
-def dataset_stats(dataset: str, data_dir: str | Path = "data") -> tuple[tuple[float, ...], tuple[float, ...]]:
+def dataset_classes(dataset: str, data_dir: str | Path = "data") -> int:
+    """How many classes `dataset` has: its DatasetInfo's, or for a data set whose classes are its folders (folder)
+    the class folders in `data_dir`, counted without reading an image (0 where there is no such folder)."""
+    source = data_source(dataset)
+    return source.count_classes(Path(data_dir)) if source.count_classes else source.info.num_classes
+
+
+def dataset_stats(dataset: str, data_dir: str | Path = "data",
+                  img_size: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The per-channel (mean, std) a run normalizes `dataset` with, for pixel values in [0, 1]: the published
     statistics for Fashion-MNIST and CIFAR (as create_datasets uses them), timm's ImageNet statistics (the
-    ImageNet pipeline's Normalize), and for digits and fake the statistics of their training split, computed
+    ImageNet pipeline's Normalize), and for digits, folder and fake the statistics of their training split, computed
     here exactly as create_datasets does (digits: embedded in scikit-learn, a few milliseconds)."""
     source = data_source(dataset)
     if source.stats is not None:
         return source.stats
-    raw = source.read(Path(data_dir), False, None)
+    raw = source.read(Path(data_dir), False, img_size)  # folder: its images resized to img_size as it reads them
     return train_stats(raw.train_images, raw.max_value)
 
 
@@ -59,11 +77,18 @@ def create_datasets(
     augment: str = "none",
     download: bool = False,
     strict_data: bool = False,
+    val_split: float = 0.0,
+    split_seed: int = 0,
+    norm: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> DataBundle:
     """Build the train/test datasets for ``dataset``; ``img_size`` None keeps the native size.
 
     ``strict_data``: an unreadable image (ImageNet folders) raises UsageError instead of being skipped and recorded
-    (see CheckedImageFolder). Raises UsageError for every problem with the files, naming the file.
+    (see CheckedImageFolder). ``val_split`` > 0 (in-memory data sets): that fraction of the training set, stratified
+    and drawn with ``split_seed`` (`source.stratified_split`), becomes the bundle's ``val`` split, unaugmented, and
+    is no longer in ``train``; the normalization statistics stay those of the whole training set. ``norm``
+    (mean, std) per channel, for values in [0, 1], replaces the data set's statistics (in-memory data sets).
+    Raises UsageError for every problem with the files, naming the file.
     """
     source = data_source(dataset)
     if augment not in AUGMENTATIONS:
@@ -72,6 +97,9 @@ def create_datasets(
         raise UsageError(f"img_size must be a positive integer, got {img_size!r}; pass e.g. --img-size 32")
     root = Path(data_dir).expanduser()
     if not source.in_memory:
+        if val_split:
+            raise UsageError(f"val_split {val_split} holds out part of an in-memory training set; {dataset} is read "
+                             "from image folders: validate on its own val/ folder")
         if augment == "crop_flip":
             raise UsageError(
                 "augment 'crop_flip' is for the in-memory datasets; "
@@ -84,7 +112,16 @@ def create_datasets(
             f"use --augment crop_flip or none for '{dataset}'"
         )
     raw = source.read(root, download, img_size)
-    return _in_memory_bundle(dataset, raw, img_size, augment == "crop_flip", source.stats)
+    stats = (tuple(norm[0]), tuple(norm[1])) if norm and norm[0] else source.stats
+    bundle = _in_memory_bundle(dataset, raw, img_size, augment == "crop_flip", stats)
+    if not val_split:
+        return bundle
+    keep, held = stratified_split(bundle.train.targets, val_split, split_seed)
+    train, test = bundle.train, bundle.test
+    val = TensorImageDataset(train.images[held], train.targets[held], test.transform)
+    train = TensorImageDataset(train.images[keep], train.targets[keep], train.transform,
+                               crop_padding=train.crop_padding)
+    return dataclasses.replace(bundle, train=train, val=val)
 
 
 def create_loaders(

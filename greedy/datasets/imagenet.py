@@ -101,14 +101,15 @@ def log_skipped_images(bundle: DataBundle, path: Path) -> None:
                 append_text(path, "".join(p + "\n" for p in dataset.skipped))
 
 
-def read_image_folders(data_dir: Path, img_size: int, augment: bool, strict: bool = False) -> DataBundle:
-    """``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` with timm-style transforms."""
+def class_folders(data_dir: Path, dataset: str) -> list[str]:
+    """The class folders of ``data_dir/train`` and ``data_dir/val``, which must both exist and hold the same
+    classes; raises UsageError naming what differs."""
     class_lists = {}
     for split in ("train", "val"):
         split_dir = data_dir / split
         if not split_dir.is_dir():
             raise UsageError(
-                f"dataset 'imagenet': no {split}/ folder under {data_dir} "
+                f"dataset '{dataset}': no {split}/ folder under {data_dir} "
                 f"(expected {split_dir}/<class>/*.JPEG); pass --data-dir DIR"
             )
         class_lists[split] = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and _visible(e.name))
@@ -116,9 +117,15 @@ def read_image_folders(data_dir: Path, img_size: int, augment: bool, strict: boo
         only_train = sorted(set(class_lists["train"]) - set(class_lists["val"]))[:3]
         only_val = sorted(set(class_lists["val"]) - set(class_lists["train"]))[:3]
         raise UsageError(
-            f"dataset 'imagenet': class folders differ between {data_dir / 'train'} and {data_dir / 'val'} "
+            f"dataset '{dataset}': class folders differ between {data_dir / 'train'} and {data_dir / 'val'} "
             f"(only in train: {only_train}, only in val: {only_val}); make both hold the same classes"
         )
+    return class_lists["train"]
+
+
+def read_image_folders(data_dir: Path, img_size: int, augment: bool, strict: bool = False) -> DataBundle:
+    """``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` with timm-style transforms."""
+    class_folders(data_dir, "imagenet")
     eval_tf = imagenet_eval_transform(img_size)
     datasets = {}
     for split, transform in (

@@ -7,6 +7,7 @@ takes (one file per data set in this package: digits.py, fashion_mnist.py, cifar
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,12 @@ class DataBundle:
     # reconstructs the input, InfoPro, de-normalizes with them); () where unknown (a benchmark's random tensors)
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    val: Dataset | None = None  # held out of the training set (val_split), read like `test`
+
+    def for_training(self) -> DataBundle:
+        """What training sees: with a validation split, `test` is the validation split (per-epoch evaluation,
+        probes, every selection), so that the test set is read once, after training; else the bundle itself."""
+        return self if self.val is None else dataclasses.replace(self, test=self.val, val=None)
 
     def unaugmented_train(self) -> Dataset:
         """The training split read with the test split's deterministic transform (no augmentation, no RNG drawn):
@@ -70,6 +77,7 @@ class DataSource:
     in_memory: bool = True
     files: bool = True
     download: bool = False
+    count_classes: Callable[[Path], int] | None = None  # classes found in data_dir where `info` cannot know them
 
 
 def register_dataset(name: str, source: DataSource) -> DataSource:
@@ -80,6 +88,26 @@ def register_dataset(name: str, source: DataSource) -> DataSource:
 def data_source(name: str) -> DataSource:
     """The registered data set `name`; raises UsageError naming the choices for an unknown one."""
     return DATASETS.get(name)
+
+
+def stratified_split(targets: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) indices into `targets` (N int labels): from every class, round(fraction x its count)
+    items drawn by a generator seeded with `seed` (at least one where fraction > 0 and the class has two or more);
+    both index sets sorted. Raises ValueError for a fraction outside [0, 1)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for label in torch.unique(targets).tolist():
+        members = torch.nonzero(targets == label).flatten()
+        count = round(fraction * len(members))
+        if fraction > 0 and len(members) > 1:
+            count = min(max(count, 1), len(members) - 1)
+        held.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    val = torch.sort(torch.cat(held)).values if held else torch.zeros(0, dtype=torch.long)
+    keep = torch.ones(len(targets), dtype=torch.bool)
+    keep[val] = False
+    return torch.nonzero(keep).flatten(), val
 
 
 class TensorImageDataset(Dataset):

@@ -11,7 +11,7 @@ from torch import nn
 
 from greedy.checkpoint import RunDir
 from greedy.config import build_config, coerce, load_yaml
-from greedy.datasets import dataset_info, dataset_stats
+from greedy.datasets import dataset_classes, dataset_info, dataset_stats
 from greedy.errors import UsageError
 from greedy.models.greedy_net import GreedyNet, create_greedy_net
 from greedy.schema import FIELDS, Config
@@ -26,14 +26,16 @@ TIMM_OPTIONS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "featur
 def greedy_pretrained_cfg(cfg: Config, net: GreedyNet) -> dict:
     """timm's pretrained_cfg for the config's net: what its weights expect. input_size (C, H, W) and num_classes
     are the config's dataset's (img_size if set), mean/std the normalization a run of it uses
-    (data.dataset_stats), first_conv the net's first conv, classifier every head's final Linear
+    (data.dataset_stats, or norm_mean / norm_std), first_conv the net's first conv, classifier every head's final Linear
     (GreedyNet.classifier_names). In-memory datasets are resized bilinearly and never cropped."""
     info = dataset_info(cfg.dataset)
     img_size = cfg.img_size or info.img_size
-    mean, std = dataset_stats(cfg.dataset, cfg.data_dir)
+    mean, std = (cfg.norm_mean, cfg.norm_std) if cfg.norm_mean else dataset_stats(cfg.dataset, cfg.data_dir,
+                                                                                   cfg.img_size)
     first_conv = next((f"blocks.{n}" for n, m in net.blocks.named_modules() if isinstance(m, nn.Conv2d)), None)
     pretrained_cfg = {"input_size": (info.in_chans, img_size, img_size), "mean": tuple(mean), "std": tuple(std),
-                      "num_classes": cfg.num_classes or info.num_classes, "first_conv": first_conv,
+                      "num_classes": cfg.num_classes or dataset_classes(cfg.dataset, cfg.data_dir),
+                      "first_conv": first_conv,
                       "classifier": net.classifier_names()}
     if cfg.dataset != "imagenet":
         pretrained_cfg.update(interpolation="bilinear", crop_pct=1.0)
