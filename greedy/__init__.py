@@ -30,3 +30,17 @@ import greedy.analysis.during  # noqa: E402, F401  probe families: PROBES
 import greedy.datasets  # noqa: E402, F401  data sets: DATASETS
 import greedy.models.heads  # noqa: E402, F401  auxiliary nets: HEADS
 import greedy.objectives  # noqa: E402, F401  local objectives: OBJECTIVES
+
+
+def __getattr__(name: str):
+    """The Python front door (greedy/api.py), imported on first use: `greedy.train`, `greedy.TrainResult`,
+    `greedy.tensor_data`, `greedy.make_config`, `greedy.GreedyNet`, `greedy.UsageError`."""
+    if name in ("train", "TrainResult", "tensor_data", "make_config", "GreedyNet"):
+        from greedy import api
+
+        return getattr(api, name)
+    if name == "UsageError":
+        from greedy.errors import UsageError
+
+        return UsageError
+    raise AttributeError(f"module 'greedy' has no attribute {name!r}")

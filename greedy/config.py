@@ -82,7 +82,7 @@ def coerce(key: str, value: Any) -> Any:
     return str(value)
 
 
-def _unknown_key(key: str, where: str) -> UsageError:
+def unknown_key(key: str, where: str) -> UsageError:
     close = difflib.get_close_matches(key, FIELDS, n=1)
     hint = f"did you mean '{close[0]}'?" if close else "see `python train.py --help` for the valid keys"
     return UsageError(f"unknown config key '{key}' in {where}; {hint}")
@@ -125,7 +125,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         if name not in FIELDS:
-            raise _unknown_key(str(key), str(path))
+            raise unknown_key(str(key), str(path))
         values[name] = coerce(name, value)
     return values
 

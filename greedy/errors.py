@@ -26,8 +26,9 @@ WRITE_EXIT = 5
 INTERRUPT_EXITS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as shells report it
 
 
-class UsageError(Exception):
-    """Bad input from the user; the CLI prints the message on one line and exits with code 2."""
+class UsageError(ValueError):
+    """Bad input from the user; the CLI prints the message on one line and exits with code 2. A ValueError, so
+    that Python callers (greedy.train, the factories) can catch it as the bad value it is."""
 
 
 class TrainingDiverged(Exception):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import train
+from greedy import session
 from greedy.datasets import create_datasets
 from greedy.datasets.source import stratified_split
 from tests.helpers import TINY, load_script
@@ -43,13 +44,13 @@ def test_training_evaluates_on_val_and_reads_the_test_set_once_at_the_end(tmp_pa
     """Every loader set built during training holds the validation split; the test split is handed over once,
     for the final evaluation; metrics.jsonl records val_acc; summary.json the test and the val heads."""
     handed = []
-    real = train.create_loaders
+    real = session.create_loaders
 
     def spy(bundle, *args, **kwargs):
         handed.append(len(bundle.test))
         return real(bundle, *args, **kwargs)
 
-    monkeypatch.setattr(train, "create_loaders", spy)
+    monkeypatch.setattr(session, "create_loaders", spy)
     out = tmp_path / "runs"
     assert train.main([*TINY, "--epochs", "2", "--mode", "decoupled", "--val-split", "0.2", "--out-dir", str(out),
                        "--name", "v"]) == 0

@@ -287,6 +287,7 @@ def test_analysis_takes_each_local_module_of_a_residual_net(tmp_path):
 def test_initial_net_is_the_net_train_py_started_from(tmp_path, monkeypatch):
     """report.initial_net rebuilds exactly the weights train.py created before its first step."""
     import train
+    from greedy import session
     from greedy.analysis.report import initial_net
 
     created = []
@@ -296,7 +297,7 @@ def test_initial_net_is_the_net_train_py_started_from(tmp_path, monkeypatch):
         created.append({k: v.detach().clone() for k, v in net.state_dict().items()})
         return net
 
-    monkeypatch.setattr(train, "create_greedy_net", spy)
+    monkeypatch.setattr(session, "create_greedy_net", spy)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert train.main([*TRAIN, "--epochs", "1", "--seed", "3", "--out-dir", str(tmp_path), "--name", "r"]) == 0
     run = RunDir.open(tmp_path / "r")

@@ -1,0 +1,79 @@
+"""The Python front door (greedy.train): the README's example as written, your own tensors in any mode and
+objective, nothing left on disk unless asked, bad input as a ValueError with the CLI's words."""
+
+import re
+
+import pytest
+import torch
+
+import greedy
+from greedy.datasets import create_datasets
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def readme_python_blocks() -> list[str]:
+    section = (ROOT / "README.md").read_text().split("## From Python", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_the_readme_example_runs_as_written(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(ROOT)
+    runs = sorted((ROOT / "runs").glob("*")) if (ROOT / "runs").is_dir() else []
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the run's temporary folder: here, to see it go
+    exec(readme_python_blocks()[0], {})
+    out = capsys.readouterr().out
+    lines = re.findall(r"^stage (\d): test accuracy (0\.\d{3})$", out, re.M)
+    assert [s for s, _ in lines] == ["1", "2", "3"] and all(float(a) > 0.3 for _, a in lines)  # chance is 0.1
+    assert re.search(r"^final: 0\.\d{3} in \d+\.\d s$", out, re.M)
+    assert not any(tmp_path.iterdir())  # nothing left on disk
+    assert (sorted((ROOT / "runs").glob("*")) if (ROOT / "runs").is_dir() else []) == runs
+
+
+@pytest.fixture(scope="module")
+def tensors():
+    data = create_datasets("digits")
+    return data.train.images, data.train.targets, data.test.images, data.test.targets
+
+
+def test_your_tensors_in_any_mode_and_objective(tensors, tmp_path):
+    x_train, y_train, x_test, y_test = tensors
+    exec(readme_python_blocks()[1], {"greedy": greedy, "x_train": x_train, "y_train": y_train, "x_test": x_test,
+                                     "y_test": y_test})
+    result = greedy.train({"widths": [16, 16, 32], "downsample": [3], "epochs": 2, "no_progress": True}, tensors,
+                          mode="decoupled", objective="predsim", out_dir=tmp_path)
+    assert result.final_test_acc > 0.5 and len(result.stages) == 3 and len(result.stage_test_acc) == 3
+    assert result.run_dir is not None and (result.run_dir / "summary.json").is_file()  # kept: out_dir was given
+    assert isinstance(result.net, greedy.models.GreedyNet) and result.summary["mode"] == "decoupled"
+    logits = result.net.eval()(x_test[:8].to(next(result.net.parameters()).device))
+    assert logits.shape == (8, 10)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: greedy.train({"lr": 0}), "config key 'lr': 0.0 is outside the allowed range (0, inf)"),
+    (lambda: greedy.train({"widht": [8]}), "unknown config key 'widht' in the config given; did you mean 'width"),
+    (lambda: greedy.train(epochs="two"), "config key 'epochs': 'two' is not an integer"),
+    (lambda: greedy.train({}, (torch.zeros(4, 1, 8, 6), torch.zeros(4, dtype=torch.long), torch.zeros(2, 1, 8, 6),
+                               torch.zeros(2, dtype=torch.long))), "x_train must be a float tensor N x C x S x S"),
+    (lambda: greedy.tensor_data(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 2, -1]), torch.zeros(2, 1, 8, 8),
+                                torch.zeros(2, dtype=torch.long)),
+     "y_train: label -1 at index 3 is outside 0..2; labels are class indices"),
+])
+def test_bad_input_is_a_value_error_with_the_cli_words(call, message):
+    with pytest.raises(ValueError) as err:
+        call()
+    assert isinstance(err.value, greedy.UsageError) and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_your_own_units_train_greedily(capsys):
+    scope = {"greedy": greedy}
+    exec(readme_python_blocks()[2], scope)
+    result, net = scope["result"], scope["net"]
+    assert result.net is net and net.num_stages == 3 and len(result.stages) == 3
+    assert result.final_test_acc > 0.5  # digits, 2 epochs a stage; chance is 0.1
+    with pytest.raises(ValueError, match="your GreedyNet has 10 classes but the data 3; build it with num_classes=3"):
+        greedy.train({"epochs": 1}, (torch.zeros(6, 1, 8, 8), torch.tensor([0, 1, 2] * 2), torch.zeros(3, 1, 8, 8),
+                                     torch.tensor([0, 1, 2])), net=net)
+    with pytest.raises(ValueError, match="--pipeline 2 places the config's net on the processes"):
+        greedy.train({"epochs": 1, "mode": "decoupled", "pipeline": 2}, net=net)
