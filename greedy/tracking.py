@@ -208,7 +208,7 @@ class Tracker:
             return
         name = record["stage_name"]
         if record_kind(record) == "probe":
-            skip = ("kind", "stage", "stage_name", "epoch", "layer", "step")
+            skip = ("kind", "stage", "stage_name", "epoch", "layer", "step", "held_out")
             values = {f"probe/{name}/{record['layer']}/{k}": v for k, v in record.items() if k not in skip}
             self.accelerator.log({**values, f"{name}/epoch": record["epoch"]})
         else:

@@ -53,11 +53,13 @@ def test_training_evaluates_on_val_and_reads_the_test_set_once_at_the_end(tmp_pa
     monkeypatch.setattr(session, "create_loaders", spy)
     out = tmp_path / "runs"
     assert train.main([*TINY, "--epochs", "2", "--mode", "decoupled", "--val-split", "0.2", "--out-dir", str(out),
-                       "--name", "v"]) == 0
+                       "--name", "v", "--probe-every", "2", "--probes", "linear"]) == 0
     run = out / "v"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if "epoch" in r and "loss" in r]
     assert epochs and all("val_acc" in r and "test_acc" not in r for r in epochs)
+    probes = [r for r in records if r.get("kind") == "probe"]
+    assert probes and all(r["held_out"] == "val" for r in probes)  # the probes read the validation split too
     summary = json.loads((run / "summary.json").read_text())
     assert summary["held_out"] == "val" and len(summary["stage_val_acc"]) == 3 and summary["final_test_acc"] > 0.5
     split = create_datasets("digits", val_split=0.2, split_seed=0)  # the run's seed: 0

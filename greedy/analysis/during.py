@@ -91,6 +91,7 @@ class TrainingProbes:
         # the analysis defaults (pool 2x2, beta 0.5, a 3-d readout, ...) on probe_samples inputs, seeded by the run
         self.settings = AnalysisSettings(samples=cfg.probe_samples, seed=cfg.seed)
         self._samples: tuple[Sample, Sample] | None = None
+        self.held_out = cfg.held_out  # the split `data.test` is: "val" with a val_split (keys keep "test")
 
     @classmethod
     def for_run(cls, cfg: Config, net: GreedyNet, data: DataBundle) -> TrainingProbes | None:
@@ -129,7 +130,8 @@ class TrainingProbes:
 
         Records: {"kind": "probe", "stage", "stage_name", "epoch" (1-based, as the epoch records), "layer",
         the probes' values (accuracies in [0, 1], mi_xt in nats), "probe_time" (seconds of this epoch's probes,
-        not counted in the stage's training time)}.
+        not counted in the stage's training time), "held_out" (the split the `*_test_*` values read: "test", or
+        "val" with a val_split)}.
         """
         if not self.due(epoch, epochs):
             return
@@ -141,7 +143,7 @@ class TrainingProbes:
             seconds = time.perf_counter() - t0
             for index, name, layer in targets:
                 log({"kind": KIND, "stage": index + 1, "stage_name": name, "epoch": epoch + 1, "layer": layer,
-                     **values[layer], "probe_time": seconds})
+                     **values[layer], "probe_time": seconds, "held_out": self.held_out})
             shown = "  ".join(f"{layer}: " + " ".join(f"{k} {v:.4g}" for k, v in values[layer].items()
                                                        if k in HEADLINE and isinstance(v, float))
                               for _, _, layer in targets)

@@ -56,7 +56,7 @@ def test_probe_records_are_present_and_well_formed(runs):
         assert r["nc1"] > 0 and r["scatter_ratio"] > 0 and -1 <= r["silhouette"] <= 1
         assert r["mi_xt_n"] == 360 and r["beta"] == 0.5  # all digits test images; the analysis' beta
         assert 0 < r["mi_xt"] <= math.log(360) + 4 * r["mi_xt_stderr"]
-        assert r["probe_time"] > 0
+        assert r["probe_time"] > 0 and r["held_out"] == "test"  # no val_split: the test subset
     # each probe record follows its epoch's record in the file; epoch records are unchanged (no "kind")
     lines = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     assert [(r["stage"], r["epoch"], "kind" in r) for r in lines] == [
