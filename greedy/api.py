@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from greedy.config import build_config, coerce, load_yaml, unknown_key
+from greedy.config import build_config, checked_values, load_yaml
 from greedy.datasets import DataBundle, TensorImageDataset, device_data_supported
 from greedy.errors import UsageError
 from greedy.models import GreedyNet
-from greedy.schema import FIELDS, Config
+from greedy.schema import Config
 from greedy.session import run_training
 
 __all__ = ["GreedyNet", "TrainResult", "make_config", "tensor_data", "train"]
@@ -61,11 +61,7 @@ def make_config(config: Mapping[str, Any] | str | Path | Config = (), check_data
         values = load_yaml(config)
     else:
         values = dict(config)
-    given = {**values, **overrides}
-    for key in given:
-        if key not in FIELDS:
-            raise unknown_key(key, "the config given")
-    return build_config({key: coerce(key, value) for key, value in given.items()}, check_data)
+    return build_config(checked_values({**values, **overrides}, "the config given"), check_data)
 
 
 def tensor_data(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,

@@ -8,6 +8,7 @@ import math
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +122,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"config file {path} is not UTF-8 text; pass a YAML config") from None
     if not isinstance(raw, dict):
         raise UsageError(f"config file {path} must be a mapping of key: value")
+    return checked_values(raw, str(path))
+
+
+def checked_values(raw: Mapping[Any, Any], where: str) -> dict[str, Any]:
+    """A mapping of config keys (a YAML file's, a Python dict's; '-' or '_') as checked values, keyed by their
+    schema names. Raises UsageError for an unknown key (did-you-mean, naming `where`) or a value of the wrong
+    type."""
     values = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         if name not in FIELDS:
-            raise unknown_key(str(key), str(path))
+            raise unknown_key(str(key), where)
         values[name] = coerce(name, value)
     return values
 

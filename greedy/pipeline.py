@@ -46,7 +46,7 @@ from greedy.models.tracing import meta_call
 from greedy.optim import make_optimizer, make_scheduler
 from greedy.schema import Config
 from greedy.tracking import Tracker
-from greedy.trainer import DivergenceCheck, TermSums, _fit, accuracy_counts, as_input
+from greedy.trainer import DivergenceCheck, TermSums, _fit, accuracy_counts, as_input, epoch_line, epoch_record
 
 IN_FLIGHT = 2  # batches a process receives ahead of, and sends behind, the one it computes
 COMMUNICATION_ERROR = re.compile(r"gloo|nccl|connection|timed out|timeout|peer|socket", re.IGNORECASE)
@@ -365,12 +365,10 @@ class Pipeline:
             test_accs = (figures[2 * n + 1 + t:3 * n + 1 + t].long() / int(figures[-1])).tolist()
             for (index, name), loss, part_terms, train_acc, test_acc in zip(stage.part_ids(), losses, terms,
                                                                             train_accs, test_accs, strict=True):
-                record = {"stage": index + 1, "stage_name": name, "epoch": epoch + 1, "loss": loss, **part_terms,
-                          "train_acc": train_acc, f"{held_out}_acc": test_acc, "lr": lr, "time": seconds,
-                          "cache_time": 0.0, "step_time": step_time}
+                record = epoch_record(index, name, epoch, loss, part_terms, train_acc, held_out, test_acc, lr,
+                                      seconds, 0.0, step_time)
                 tracker.log_epoch(record, step)
-                say(f"{name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train {train_acc:.4f}  {held_out} "
-                    f"{test_acc:.4f}  lr {lr:.4g}  {seconds:.1f}s")
+                say(epoch_line(record, epochs, held_out))
             with self.talking_to(None, "saving the epoch's state"):
                 run.save_state(accelerator, stage.index, epoch, {"step": step, "seconds": seconds, "cache_time": 0.0},
                                save_rank=lambda folder: self.save_rank(folder, parts, optimizers))

@@ -6,7 +6,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -281,6 +281,23 @@ def sync_buffers(models: list[nn.Module], accelerator: Accelerator) -> None:
             buf.copy_(broadcast(buf.clone()))
 
 
+def epoch_record(index: int, name: str, epoch: int, loss: float, terms: dict[str, float], train_acc: float,
+                 held_out: str, held_out_acc: float, lr: float, seconds: float, cache_time: float,
+                 step_time: float) -> dict[str, Any]:
+    """One part's metrics.jsonl record of 0-based `epoch` of 0-based stage `index`: its mean loss and terms, train
+    accuracy, accuracy on the held-out split (`test_acc`, or `val_acc` with a val_split), LR and seconds."""
+    return {"stage": index + 1, "stage_name": name, "epoch": epoch + 1, "loss": loss, **terms,
+            "train_acc": train_acc, f"{held_out}_acc": held_out_acc, "lr": lr, "time": seconds,
+            "cache_time": cache_time, "step_time": step_time}
+
+
+def epoch_line(record: dict[str, Any], epochs: int, held_out: str) -> str:
+    """The printed line of an epoch record."""
+    r = record
+    return (f"{r['stage_name']} epoch {r['epoch']}/{epochs}  loss {r['loss']:.4f}  train {r['train_acc']:.4f}  "
+            f"{held_out} {r[f'{held_out}_acc']:.4f}  lr {r['lr']:.4g}  {r['time']:.1f}s")
+
+
 def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, run: RunDir, tracker: Tracker,
                 resume_from=None, say=print, cache_seconds: float = 0.0, probes=None) -> StageResult:
     """Fit the stage's part(s) for the configured epochs, saving resumable state after every epoch.
@@ -329,13 +346,11 @@ def train_stage(stage: Stage, cfg: Config, accelerator: Accelerator, loaders, ru
         for (index, name), loss, part_terms, train_acc, test_acc in zip(stage.part_ids(), losses, terms, train_accs,
                                                                         test_accs, strict=True):
             result = StageResult(stage.name, stage.index, test_acc, train_acc, loss, seconds)
-            record = {"stage": index + 1, "stage_name": name, "epoch": epoch + 1, "loss": loss, **part_terms,
-                      "train_acc": train_acc, f"{held_out}_acc": test_acc, "lr": lr, "time": seconds,
-                      "cache_time": cache_time, "step_time": step_time}
+            record = epoch_record(index, name, epoch, loss, part_terms, train_acc, held_out, test_acc, lr, seconds,
+                                  cache_time, step_time)
             tracker.log_epoch(record, step)
             if accelerator.is_main_process:
-                say(f"{name} epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train {train_acc:.4f}  "
-                    f"{held_out} {test_acc:.4f}  lr {lr:.4g}  {seconds:.1f}s")
+                say(epoch_line(record, epochs, held_out))
         if probes is not None:  # every probe_every epochs; leaves the RNG and the weights as they were
             probes.after_epoch(stage, epoch, epochs, accelerator, tracker.log_probe)
         run.save_state(accelerator, stage.index, epoch, {"step": step, "seconds": seconds, "cache_time": cache_time})
