@@ -254,10 +254,7 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     if cfg.augment not in ("none", fits):
         raise UsageError(f"config key 'augment': {cfg.augment!r} does not apply to dataset '{cfg.dataset}'; "
                          f"use {fits} or none")
-    _check_norm(cfg, in_memory)
-    if cfg.val_split and not in_memory:
-        raise UsageError(f"config key 'val_split': {cfg.val_split} holds out part of an in-memory training set; "
-                         f"{cfg.dataset} is read from image folders: validate on its own val/ folder or drop the key")
+    _check_norm(cfg)
     if cfg.device_data == "on" and not in_memory:
         raise UsageError(f"config key 'device_data': on holds an in-memory dataset on the accelerator; {cfg.dataset} "
                          "is decoded from image folders by DataLoader workers: use --device-data auto or off")
@@ -276,15 +273,12 @@ def validate(cfg: Config, check_data: bool = True) -> None:
         )
 
 
-def _check_norm(cfg: Config, in_memory: bool) -> None:
-    """norm_mean and norm_std: both or neither, one finite value per input channel, std > 0, in-memory data."""
+def _check_norm(cfg: Config) -> None:
+    """norm_mean and norm_std: both or neither, one finite value per input channel, std > 0."""
     mean, std = cfg.norm_mean, cfg.norm_std
     if not mean and not std:
         return
     channels = DATASETS[cfg.dataset].info.in_chans
-    if not in_memory:
-        raise UsageError(f"config keys norm_mean/norm_std normalize in-memory data sets; {cfg.dataset} uses its "
-                         "transforms' statistics: drop them")
     if len(mean) != channels or len(std) != channels:
         raise UsageError(f"config keys norm_mean/norm_std: {mean} and {std} must give one value per channel of "
                          f"{cfg.dataset} ({channels}), e.g. --norm-mean {','.join(['0.5'] * channels)} --norm-std "

@@ -66,9 +66,9 @@ class Config:
     download: bool = _data(False, "fetch fashion_mnist / cifar10 / cifar100 into data_dir when missing")
     img_size: int | None = _data(None, "image side in pixels; none: the data set's")
     num_classes: int | None = _data(None, "classes; none: the data set's")
-    norm_mean: list[float] = _data([], "per-channel mean the images are normalized with, for pixel values in [0, 1] "
-                                   "(in-memory data sets); empty: the data set's published one or its training "
-                                   "split's")
+    norm_mean: list[float] = _data([], "per-channel mean the images are normalized with, for pixel values in [0, 1]; "
+                                   "empty: the data set's published one (imagenet: timm's ImageNet statistics) or "
+                                   "its training split's")
     norm_std: list[float] = _data([], "per-channel std, as norm_mean")
     val_split: float = _data(0.0, "fraction of the training set held out as a validation split (stratified, seeded "
                              "by seed): per-epoch evaluation and every selection use it, the test set is evaluated "

@@ -61,10 +61,9 @@ BAD_VALUES = [
                              "digits (1), e.g. --norm-mean 0.5 --norm-std 0.25"),
     (["--norm-mean", "0.5", "--norm-std", "0"], "config keys norm_mean/norm_std: [0.5] and [0.0] must be finite, "
                                                 "each std > 0"),
-    (["--dataset", "imagenet", "--norm-mean", "0.5,0.5,0.5", "--norm-std", "0.2,0.2,0.2"],
-     "config keys norm_mean/norm_std normalize in-memory data sets; imagenet uses its transforms' statistics"),
-    (["--dataset", "imagenet", "--val-split", "0.1"], "config key 'val_split': 0.1 holds out part of an in-memory "
-     "training set; imagenet is read from image folders: validate on its own val/ folder or drop the key"),
+    (["--dataset", "imagenet", "--norm-mean", "0.5", "--norm-std", "0.2"], "config keys norm_mean/norm_std: [0.5] "
+     "and [0.2] must give one value per channel of imagenet (3), e.g. --norm-mean 0.5,0.5,0.5 --norm-std "
+     "0.25,0.25,0.25"),
     (["--k", "0"], "config key 'k': 0 is outside the allowed range [1, 3]"),
     (["--num-classes", "1"], "config key 'num_classes': 1 is outside the allowed range [2, inf)"),
     (["--img-size", "0"], "config key 'img_size': 0 is outside the allowed range [1, inf)"),

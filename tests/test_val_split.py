@@ -85,3 +85,62 @@ def test_compare_selects_the_best_stage_on_the_validation_split(tmp_path):
     assert row["selected_on"] == "val" and row["best_stage"] == str(best + 1)
     assert float(row["best_stage_acc_mean"]) == pytest.approx(test[best], abs=1e-6)  # its test accuracy
     assert "**validation split**" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def write_tree(root, per_class=(5, 2), colors=((200, 30, 60), (10, 220, 120), (40, 40, 230))):
+    """DIR/train/<class>/*.png and DIR/val/<class>/*.png: solid colors with a little seeded noise."""
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for split, count in zip(("train", "val"), per_class, strict=True):
+        for c, color in enumerate(colors):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                noise = torch.randint(-20, 21, (20, 24, 3), generator=rng)
+                pixels = (torch.tensor(color) + noise).clamp(0, 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{c}_{i}.png")
+
+
+def test_an_image_folder_holds_out_an_unaugmented_validation_split(tmp_path):
+    write_tree(tmp_path)
+    full = create_datasets("imagenet", tmp_path, img_size=16, augment="imagenet")
+    split = create_datasets("imagenet", tmp_path, img_size=16, augment="imagenet", val_split=0.4, split_seed=0)
+    assert (len(split.train), len(split.val), len(split.test)) == (9, 6, 6)  # round(0.4 x 5) = 2 of each class
+    assert sorted(split.val.targets) == [0, 0, 1, 1, 2, 2]
+    paths = {p for p, _ in split.train.samples} | {p for p, _ in split.val.samples}
+    assert len(paths) == 15 and paths == {p for p, _ in full.train.samples}  # disjoint, nothing lost
+    assert split.val.transform is split.test.transform  # read like the test split
+    assert split.train.transform is not split.test.transform  # training keeps its augmentation
+    torch.manual_seed(0)
+    first = split.val[3][0]
+    torch.manual_seed(1)
+    assert torch.equal(first, split.val[3][0])  # no random crop or flip on the validation split
+    again = create_datasets("imagenet", tmp_path, img_size=16, val_split=0.4, split_seed=0)
+    assert again.val.samples == split.val.samples  # seeded
+    assert len(full.train) == 15 and full.val is None  # the scan it was cut from is unchanged
+
+
+def test_an_image_folder_takes_your_normalization(tmp_path):
+    write_tree(tmp_path, per_class=(1, 1))
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    data = create_datasets("imagenet", tmp_path, img_size=16, norm=(mean, std))
+    default = create_datasets("imagenet", tmp_path, img_size=16)
+    assert (data.mean, data.std) == (mean, std) and default.mean == pytest.approx((0.485, 0.456, 0.406))
+    image = data.test[0][0]
+    centre = image[:, 6:10, 6:10].mean(dim=(1, 2)) * 0.25 + 0.5  # back to [0, 1]
+    assert centre * 255 == pytest.approx([200, 30, 60], abs=8)  # the first class's colour, its noise averaged
+
+
+def test_train_py_validates_on_a_split_of_an_image_folder(tmp_path):
+    write_tree(tmp_path / "tree", per_class=(8, 3))
+    out = tmp_path / "runs"
+    assert train.main([*TINY, "--dataset", "imagenet", "--data-dir", str(tmp_path / "tree"), "--img-size", "16",
+                       "--num-workers", "0", "--batch-size", "8", "--epochs", "2", "--val-split", "0.25",
+                       "--norm-mean", "0.4,0.4,0.4", "--norm-std", "0.3,0.3,0.3", "--out-dir", str(out),
+                       "--name", "folder"]) == 0
+    records = [json.loads(line) for line in (out / "folder" / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in records if "epoch" in r and "val_acc" in r] and not [r for r in records if "test_acc" in r]
+    summary = json.loads((out / "folder" / "summary.json").read_text())
+    assert summary["held_out"] == "val" and len(summary["stage_val_acc"]) == len(summary["stage_test_acc"]) == 3
+    assert all(0 <= a <= 1 for a in summary["stage_val_acc"] + summary["stage_test_acc"])

@@ -84,10 +84,10 @@ def create_datasets(
     """Build the train/test datasets for ``dataset``; ``img_size`` None keeps the native size.
 
     ``strict_data``: an unreadable image (ImageNet folders) raises UsageError instead of being skipped and recorded
-    (see CheckedImageFolder). ``val_split`` > 0 (in-memory data sets): that fraction of the training set, stratified
-    and drawn with ``split_seed`` (`source.stratified_split`), becomes the bundle's ``val`` split, unaugmented, and
-    is no longer in ``train``; the normalization statistics stay those of the whole training set. ``norm``
-    (mean, std) per channel, for values in [0, 1], replaces the data set's statistics (in-memory data sets).
+    (see CheckedImageFolder). ``val_split`` > 0: that fraction of the training set, stratified and drawn with
+    ``split_seed`` (`source.stratified_split`), becomes the bundle's ``val`` split, unaugmented, and is no longer in
+    ``train``; the normalization statistics stay those of the whole training set. ``norm`` (mean, std) per channel,
+    for values in [0, 1], replaces the data set's statistics (published, computed, or ImageNet's for folders).
     Raises UsageError for every problem with the files, naming the file.
     """
     source = data_source(dataset)
@@ -96,31 +96,40 @@ def create_datasets(
     if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1):
         raise UsageError(f"img_size must be a positive integer, got {img_size!r}; pass e.g. --img-size 32")
     root = Path(data_dir).expanduser()
+    stats = (tuple(norm[0]), tuple(norm[1])) if norm and norm[0] else None
     if not source.in_memory:
-        if val_split:
-            raise UsageError(f"val_split {val_split} holds out part of an in-memory training set; {dataset} is read "
-                             "from image folders: validate on its own val/ folder")
         if augment == "crop_flip":
             raise UsageError(
                 "augment 'crop_flip' is for the in-memory datasets; "
                 f"use --augment imagenet or none for '{dataset}'"
             )
-        return source.read(root, img_size or source.info.img_size, augment == "imagenet", strict_data)
+        bundle = source.read(root, img_size or source.info.img_size, augment == "imagenet", strict_data, stats)
+        return _hold_out(bundle, val_split, split_seed)
     if augment == "imagenet":
         raise UsageError(
             "augment 'imagenet' only applies to dataset 'imagenet'; "
             f"use --augment crop_flip or none for '{dataset}'"
         )
     raw = source.read(root, download, img_size)
-    stats = (tuple(norm[0]), tuple(norm[1])) if norm and norm[0] else source.stats
-    bundle = _in_memory_bundle(dataset, raw, img_size, augment == "crop_flip", stats)
+    bundle = _in_memory_bundle(dataset, raw, img_size, augment == "crop_flip", stats or source.stats)
+    return _hold_out(bundle, val_split, split_seed)
+
+
+def _hold_out(bundle: DataBundle, val_split: float, split_seed: int) -> DataBundle:
+    """The bundle with `val_split` of its training split (stratified, `split_seed`) moved to `val`, read like the
+    test split (no augmentation); the bundle itself for 0. In-memory tensors are indexed; an image folder
+    (CheckedImageFolder) keeps its one scan and splits its sample list."""
     if not val_split:
         return bundle
-    keep, held = stratified_split(bundle.train.targets, val_split, split_seed)
-    train, test = bundle.train, bundle.test
-    val = TensorImageDataset(train.images[held], train.targets[held], test.transform)
-    train = TensorImageDataset(train.images[keep], train.targets[keep], train.transform,
-                               crop_padding=train.crop_padding)
+    train = bundle.train
+    keep, held = stratified_split(torch.as_tensor(train.targets), val_split, split_seed)
+    if isinstance(train, TensorImageDataset):
+        val = TensorImageDataset(train.images[held], train.targets[held], bundle.test.transform)
+        train = TensorImageDataset(train.images[keep], train.targets[keep], train.transform,
+                                   crop_padding=train.crop_padding)
+    else:
+        val = train.subset(held.tolist(), bundle.test.transform)
+        train = train.subset(keep.tolist(), train.transform)
     return dataclasses.replace(bundle, train=train, val=val)
 
 

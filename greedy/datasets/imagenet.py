@@ -3,9 +3,10 @@ workers, timm-style transforms, and unreadable images skipped and recorded inste
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -13,7 +14,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from greedy.datasets.source import DataBundle, DatasetInfo, DataSource, register_dataset
-from greedy.datasets.transforms import imagenet_eval_transform, imagenet_train_transform
+from greedy.datasets.transforms import Stats, imagenet_eval_transform, imagenet_train_transform
 from greedy.errors import UsageError, one_line
 from greedy.files import append_text
 
@@ -80,11 +81,22 @@ class CheckedImageFolder(ImageFolder):
             return (self.transform(image) if self.transform is not None else image), target
         raise UsageError(f"no readable image in {self.root}; check the data folder")
 
+    def subset(self, indices: Sequence[int], transform: Callable | None) -> CheckedImageFolder:
+        """The samples at `indices` (into `samples`), read with `transform`: a shallow copy that shares the scan
+        (classes, skipped files, skip_log) and leaves this folder as it is. For a validation split held out of a
+        training folder (`val_split`)."""
+        part = copy.copy(self)
+        part.samples = [self.samples[i] for i in indices]
+        part.imgs = part.samples
+        part.targets = [target for _, target in part.samples]
+        part.transform = transform
+        return part
+
 
 def skipped_images(bundle: DataBundle) -> list[str]:
     """Every image the bundle's folders skipped (sorted, each once): this process's and its log's."""
     found: set[str] = set()
-    for dataset in (bundle.train, bundle.test):
+    for dataset in (bundle.train, bundle.test, bundle.val):
         if isinstance(dataset, CheckedImageFolder):
             found.update(dataset.skipped)
             if dataset.skip_log is not None and dataset.skip_log.exists():
@@ -94,7 +106,7 @@ def skipped_images(bundle: DataBundle) -> list[str]:
 
 def log_skipped_images(bundle: DataBundle, path: Path) -> None:
     """Record skipped images in `path` from now on (loader workers and other processes too), with those so far."""
-    for dataset in (bundle.train, bundle.test):
+    for dataset in (bundle.train, bundle.test, bundle.val):
         if isinstance(dataset, CheckedImageFolder):
             dataset.skip_log = path
             if dataset.skipped:
@@ -123,21 +135,24 @@ def class_folders(data_dir: Path, dataset: str) -> list[str]:
     return class_lists["train"]
 
 
-def read_image_folders(data_dir: Path, img_size: int, augment: bool, strict: bool = False) -> DataBundle:
-    """``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` with timm-style transforms."""
+def read_image_folders(data_dir: Path, img_size: int, augment: bool, strict: bool = False,
+                       stats: Stats | None = None) -> DataBundle:
+    """``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` with timm-style transforms, normalized with
+    `stats` (per-channel (mean, std) for values in [0, 1]; default timm's ImageNet statistics)."""
     class_folders(data_dir, "imagenet")
-    eval_tf = imagenet_eval_transform(img_size)
+    eval_tf = imagenet_eval_transform(img_size, stats)
     datasets = {}
     for split, transform in (
-        ("train", imagenet_train_transform(img_size) if augment else eval_tf),
+        ("train", imagenet_train_transform(img_size, stats) if augment else eval_tf),
         ("val", eval_tf),
     ):
         try:
             datasets[split] = CheckedImageFolder(data_dir / split, transform=transform, strict=strict)
         except (FileNotFoundError, OSError) as err:
             raise UsageError(f"dataset 'imagenet': {one_line(err)} (in {data_dir / split})") from err
+    mean, std = stats or (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))
     return DataBundle(datasets["train"], datasets["val"], len(datasets["train"].classes), 3, img_size,
-                      tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))
+                      tuple(mean), tuple(std))
 
 
 register_dataset("imagenet", DataSource(DatasetInfo(1000, 3, IMAGENET_DEFAULT_SIZE), read_image_folders,

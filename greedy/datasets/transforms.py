@@ -67,23 +67,29 @@ def normalize(images: torch.Tensor, norm: Normalization, size: int) -> torch.Ten
     return out
 
 
-def imagenet_eval_transform(img_size: int) -> Callable:
-    """timm eval transform: resize shorter side to img_size / 0.875, center crop, normalize."""
-    from timm.data import create_transform
-
-    return create_transform(
-        img_size, is_training=False, crop_pct=IMAGENET_CROP_PCT, interpolation="bilinear"
-    )
+Stats = tuple[tuple[float, ...], tuple[float, ...]]  # per-channel (mean, std) for pixel values in [0, 1]
 
 
-def imagenet_train_transform(img_size: int) -> Callable:
-    """RandomResizedCrop (timm's default scale/ratio) + horizontal flip, drawing from torch's RNG.
+def imagenet_eval_transform(img_size: int, stats: Stats | None = None) -> Callable:
+    """timm eval transform: resize shorter side to img_size / 0.875, center crop, normalize with `stats` (default:
+    timm's ImageNet mean and std). PIL image -> float32 3 x img_size x img_size."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+
+    mean, std = stats or (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    return create_transform(img_size, is_training=False, crop_pct=IMAGENET_CROP_PCT, interpolation="bilinear",
+                            mean=tuple(mean), std=tuple(std))
+
+
+def imagenet_train_transform(img_size: int, stats: Stats | None = None) -> Callable:
+    """RandomResizedCrop (timm's default scale/ratio) + horizontal flip, drawing from torch's RNG, normalized with
+    `stats` (default: timm's ImageNet mean and std). PIL image -> float32 3 x img_size x img_size.
 
     timm's own train transform draws its crop from Python's ``random`` module, so it is rebuilt here
     with torchvision ops to keep all augmentation randomness on torch's global RNG.
     """
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+    mean, std = stats or (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
     return v2.Compose(
         [
             v2.RandomResizedCrop(
@@ -92,6 +98,6 @@ def imagenet_train_transform(img_size: int) -> Callable:
             v2.RandomHorizontalFlip(),
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD)),
+            v2.Normalize(mean=list(mean), std=list(std)),
         ]
     )
