@@ -16,8 +16,8 @@ from greedy.builder import GreedyBuilder
 from greedy.checkpoint import RunDir
 from greedy.config import build_config, config_arguments, load_yaml, make_parser, overrides_from_args
 from greedy.datasets import dataset_info
-from greedy.errors import UsageError, run_cli
-from greedy.schema import RESUME_MUTABLE, Config
+from greedy.errors import UsageError, run_cli, warn
+from greedy.schema import RESUME_MUTABLE, Config, shared_values
 from greedy.session import check_model_shapes, run_training
 from greedy.summary import describe_model, format_table
 
@@ -50,7 +50,10 @@ def resolve_config(args) -> tuple[Config, RunDir | None]:
         return build_config({**saved, **overrides}, check_data), run
     if not args.config:
         raise UsageError("no config given; pass -c configs/<name>.yaml (or --resume RUN_DIR)")
-    return build_config({**load_yaml(args.config), **overrides}, check_data), None
+    values, warnings = shared_values(load_yaml(args.config), overrides, args.config)
+    for line in warnings:  # a key of the file this run does not read (another mode's, another head's): harmless
+        warn(line)
+    return build_config(values, check_data), None
 
 
 def print_model(cfg: Config) -> None:

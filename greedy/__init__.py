@@ -33,9 +33,9 @@ import greedy.objectives  # noqa: E402, F401  local objectives: OBJECTIVES
 
 
 def __getattr__(name: str):
-    """The Python front door (greedy/api.py), imported on first use: `greedy.train`, `greedy.TrainResult`,
-    `greedy.tensor_data`, `greedy.make_config`, `greedy.GreedyNet`, `greedy.UsageError`."""
-    if name in ("train", "TrainResult", "tensor_data", "make_config", "GreedyNet"):
+    """The Python front door (greedy/api.py), imported on first use: `greedy.train`, `greedy.analyze`,
+    `greedy.TrainResult`, `greedy.tensor_data`, `greedy.make_config`, `greedy.GreedyNet`, `greedy.UsageError`."""
+    if name in ("train", "analyze", "TrainResult", "tensor_data", "make_config", "GreedyNet"):
         from greedy import api
 
         return getattr(api, name)

@@ -7,27 +7,35 @@ process, and get its per-stage results back. train.py runs the same `session.run
         print(row["stage"], row["test_acc"])
 
 Nothing is left on disk unless `out_dir` is given (the run directory then stays, resumable with train.py
---resume). Bad input raises `greedy.UsageError`, a ValueError, with the CLI's one-line words.
+--resume). `greedy.analyze(result, probes="linear,knn")` probes the trained net's layers as evaluate.py --analysis
+does, on the data it trained on or on your tensors. Bad input raises `greedy.UsageError`, a ValueError, with the
+CLI's one-line words.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from greedy.analysis.context import analysis_settings
+from greedy.analysis.report import architecture_difference, json_safe, parse_names
+from greedy.analysis.runner import PAIRWISE, compare_cka, run_analysis
 from greedy.config import build_config, checked_values, load_yaml
-from greedy.datasets import DataBundle, TensorImageDataset, device_data_supported
-from greedy.errors import UsageError
+from greedy.datasets import DataBundle, TensorImageDataset, create_datasets, device_data_supported
+from greedy.errors import UsageError, warn
 from greedy.models import GreedyNet
-from greedy.schema import Config
+from greedy.schema import Config, shared_values
 from greedy.session import run_training
 
-__all__ = ["GreedyNet", "TrainResult", "make_config", "tensor_data", "train"]
+__all__ = ["GreedyNet", "TrainResult", "analyze", "make_config", "tensor_data", "train"]
+
+Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_train, y_train, x_test, y_test
 
 
 @dataclass
@@ -38,7 +46,9 @@ class TrainResult:
         `test_acc` (its head's test accuracy, 0..1), `ensemble_acc`, parameters, `time_s` (seconds);
     final_test_acc: the last head's test accuracy (0..1); stage_test_acc: every head's (None where e2e trained
         none); total_time_s: training seconds; net: the trained GreedyNet (on the device it trained on);
-    run_dir: the run directory, or None when nothing was kept; summary: summary.json's content.
+    run_dir: the run directory, or None when nothing was kept; summary: summary.json's content; config: the Config it
+    trained with; `data`: the DataBundle it trained on (its `val` split held out with val_split), which `analyze`
+    probes unless given other data.
     """
 
     stages: list[dict[str, Any]]
@@ -48,6 +58,24 @@ class TrainResult:
     net: GreedyNet
     run_dir: Path | None
     summary: dict[str, Any]
+    config: Config
+    given_data: DataBundle | None = field(default=None, repr=False)
+
+    @cached_property
+    def data(self) -> DataBundle:
+        """The data it trained on: the DataBundle given to `train`, or the config's data set read (on first use)
+        as the run read it, unaugmented (normalization and validation split are functions of the config)."""
+        if self.given_data is not None:
+            return self.given_data
+        cfg = self.config
+        return create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment="none",
+                               download=cfg.download, val_split=cfg.val_split, split_seed=cfg.seed,
+                               norm=(cfg.norm_mean, cfg.norm_std))
+
+    @property
+    def trained_heads(self) -> list[int]:
+        """1-based heads that training fitted (every head greedily and decoupled, the last one end to end)."""
+        return [j for j, acc in enumerate(self.stage_test_acc, 1) if acc is not None]
 
 
 def make_config(config: Mapping[str, Any] | str | Path | Config = (), check_data: bool = True,
@@ -56,12 +84,15 @@ def make_config(config: Mapping[str, Any] | str | Path | Config = (), check_data
     `overrides` (keyword config keys) on top. Raises UsageError (a ValueError) for an unknown key (with a
     did-you-mean), a value of the wrong type or range, or a missing data directory (`check_data`)."""
     if isinstance(config, Config):
-        values = config.to_dict()
+        values, where = config.to_dict(), "the Config given"
     elif isinstance(config, (str, Path)):
-        values = load_yaml(config)
+        values, where = load_yaml(config), str(config)
     else:
-        values = dict(config)
-    return build_config(checked_values({**values, **overrides}, "the config given"), check_data)
+        values, where = checked_values(dict(config), "the config given"), "the config given"
+    values, warnings = shared_values(values, checked_values(overrides, "the keyword overrides"), where)
+    for line in warnings:  # a key the config sets that this run does not read (another mode's): harmless
+        warn(line)
+    return build_config(values, check_data)
 
 
 def tensor_data(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
@@ -89,8 +120,7 @@ def tensor_data(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tens
                       y_test.long()), classes, channels, x_train.shape[-1], (0.0,) * channels, (1.0,) * channels)
 
 
-def train(config: Mapping[str, Any] | str | Path | Config = (),
-          data: DataBundle | tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None, *,
+def train(config: Mapping[str, Any] | str | Path | Config = (), data: DataBundle | Tensors | None = None, *,
           net: GreedyNet | None = None, out_dir: str | Path | None = None, **overrides: Any) -> TrainResult:
     """Train the config's net in this process, as train.py does, and return its results.
 
@@ -113,12 +143,81 @@ def train(config: Mapping[str, Any] | str | Path | Config = (),
     name = Path(config).stem if isinstance(config, (str, Path)) else "python"
     if out_dir is not None:
         summary, trained, run = run_training(replace(cfg, out_dir=str(out_dir)), None, name, data, net)
-        return _result(summary, trained, run.path)
+        return _result(summary, trained, run.path, cfg, data)
     with tempfile.TemporaryDirectory(prefix="greedy-") as tmp:
         summary, trained, _ = run_training(replace(cfg, out_dir=tmp), None, name, data, net)
-    return _result(summary, trained, None)
+    return _result(summary, trained, None, cfg, data)
 
 
-def _result(summary: dict[str, Any], net: GreedyNet, run_dir: Path | None) -> TrainResult:
+def _result(summary: dict[str, Any], net: GreedyNet, run_dir: Path | None, cfg: Config,
+            data: DataBundle | None) -> TrainResult:
     return TrainResult(summary["rows"], summary["final_test_acc"], summary["stage_test_acc"],
-                       summary["total_time_s"], net, run_dir, summary)
+                       summary["total_time_s"], net, run_dir, summary, cfg, data)
+
+
+def analyze(trained: TrainResult | GreedyNet, data: DataBundle | Tensors | None = None,
+            probes: str | Sequence[str] = "linear", *, other: TrainResult | GreedyNet | None = None,
+            trained_heads: Sequence[int] | None = None, init_net: GreedyNet | None = None,
+            **settings: Any) -> dict[str, Any]:
+    """Probe every layer of a trained net, as `evaluate.py RUN --analysis NAMES` does, in this process.
+
+    trained: a TrainResult (its net, the heads it trained and, by default, the data it trained on) or a GreedyNet.
+    data: a DataBundle or tensors `(x_train, y_train, x_test, y_test)` (see `tensor_data`); the probes fit on a
+    seeded subset of its training split, read unaugmented, and score on one of its test split (`samples` each).
+    probes: probe families, "linear,knn", a list, or "all" (`greedy.analysis.runner.FAMILIES`); the pairwise ones
+    (connectivity, ...) need `other`, a second net of the same architecture, which also adds a layer-by-layer CKA
+    (`compare`) when "cka" is asked for. trained_heads: 1-based heads to read (default: the TrainResult's, or all).
+    init_net: the net before training (same architecture), which adds the init_* values of moments and chaos.
+    settings: AnalysisSettings fields (`samples=500`, `pool=2`, `knn_k=5`, `seed=0`, ...).
+
+    Returns the JSON-ready result of `greedy.analysis.runner.run_analysis` (one entry of analysis.json's "runs"):
+    {"samples": sizes and digests of the subsets, "layers": [{"name", "depth", "kind", "shape"}], family:
+    {"settings", "notes", "layers": [{"layer", "depth", "kind", values...}]}, ...}; accuracies in 0..1. The nets
+    are left in the training mode they were in. Raises UsageError (a ValueError) for an unknown family or setting
+    (with a did-you-mean), a pairwise family without `other`, no data for a bare net, or data whose classes or
+    image shape the net does not take.
+    """
+    net = trained.net if isinstance(trained, TrainResult) else trained
+    if data is None:
+        if not isinstance(trained, TrainResult):
+            raise UsageError("analyze: a bare GreedyNet needs data: pass a DataBundle or (x_train, y_train, x_test, "
+                             "y_test)")
+        data = trained.data
+    elif isinstance(data, tuple):
+        data = tensor_data(*data, num_classes=net.num_classes)
+    asked = [p.strip() for p in (probes.split(",") if isinstance(probes, str) else probes)]
+    names = parse_names(",".join(asked))
+    pairwise = [n for n in names if n in PAIRWISE]
+    if pairwise and other is None:
+        if "all" not in asked:
+            raise UsageError(f"analyze: probe family {pairwise[0]!r} compares two nets of one architecture; pass "
+                             "other=(a TrainResult or GreedyNet)")
+        names = [n for n in names if n not in PAIRWISE]
+    options = analysis_settings(settings)
+    if data.num_classes != net.num_classes:
+        raise UsageError(f"analyze: the net has {net.num_classes} classes but the data {data.num_classes}; probe it "
+                         "on data of its classes")
+    shape = (data.in_chans, data.img_size, data.img_size)
+    if shape != net.input_shape:
+        raise UsageError(f"analyze: the net takes {' x '.join(map(str, net.input_shape))} images but the data holds "
+                         f"{' x '.join(map(str, shape))}; probe it on images of the size it trained on")
+    heads = list(trained_heads) if trained_heads is not None else (
+        trained.trained_heads if isinstance(trained, TrainResult) else None)
+    pair = {}
+    if other is not None:
+        pair = {"other": other.net if isinstance(other, TrainResult) else other,
+                "other_heads": other.trained_heads if isinstance(other, TrainResult) else None}
+    diff = architecture_difference(net, pair["other"]) if pair and set(names) & set(PAIRWISE) else None
+    if diff:
+        raise UsageError(f"analyze: {', '.join(n for n in names if n in PAIRWISE)} interpolates the weights of one "
+                         f"architecture, but the nets differ at {diff}; pass other= a net of the same architecture")
+    probed = replace(data, train=data.unaugmented_train())  # fit on training images as the test split is read
+    modes = [(m, m.training) for m in (net, pair.get("other"), init_net) if m is not None]
+    try:
+        result = run_analysis(net, probed, names, options, heads, init_net=init_net, **pair)
+        if pair and "cka" in names:
+            result["compare"] = {"cka": compare_cka(net, pair["other"], probed, options)}
+    finally:
+        for module, training in modes:
+            module.train(training)
+    return json_safe(result)

@@ -94,6 +94,12 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def warn(line: str) -> None:
+    """Print "warning: LINE" on stderr, once per launch: from the main process only (RANK 0, or no launcher)."""
+    if _is_main_process():
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def catch_signals() -> None:
     """SIGINT and SIGTERM raise Interrupted in the main thread; SIGXFSZ (a file-size limit, `ulimit -f`) is
     ignored, so that the write past the limit fails with EFBIG and ends in WriteFailed instead of a core dump."""

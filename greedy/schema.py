@@ -256,3 +256,51 @@ def reads(kind: str, key: str) -> bool:
 def head_takes(cfg: Config, key: str) -> bool:
     """Whether an auxiliary net the run trains reads the setting `key` (k, aux_width, pool_size)."""
     return any(reads(kind, key) for kind in head_kinds(cfg))
+
+
+# Keys that one mode reads and the others refuse (a config file shared by the modes may still set them)
+MODE_ONLY = {"grad_checkpoint": "e2e", "pipeline": "decoupled", "pipeline_split": "decoupled"}
+
+
+def default(key: str) -> Any:
+    """The default value of config key `key` (a fresh list for a list key)."""
+    f = FIELDS[key]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def unread_keys(cfg: Config) -> dict[str, str]:
+    """The keys `cfg` sets (not at their default) that this run reads nowhere, each with why: a key of another mode
+    (MODE_ONLY) or an auxiliary-net setting no auxiliary net of the run takes (HEAD_OPTIONS). Validation refuses
+    them; `shared_values` drops them from a shared config file."""
+    unread = {}
+    for key, mode in MODE_ONLY.items():
+        if getattr(cfg, key) != default(key) and cfg.mode != mode:
+            unread[key] = f"only mode {mode} reads it, this run is {cfg.mode}"
+    for key in HEAD_OPTIONS:
+        if getattr(cfg, key) != default(key) and not head_takes(cfg, key):
+            unread[key] = (f"no auxiliary net of this run reads it: aux {cfg.aux}, final_head {cfg.final_head}"
+                           + (" in mode e2e" if cfg.mode == "e2e" else ""))
+    return unread
+
+
+def shared_values(shared: dict[str, Any], given: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    """The values of a run whose config file `shared` (checked values; a YAML file that several runs share, in
+    other modes or with other auxiliary nets) is overridden by `given` (its command line, keyword overrides).
+
+    A key the file sets that this run reads nowhere (`unread_keys`: `grad_checkpoint: true` in a run with --mode
+    greedy, `k: 3` with --aux mlp_sr) is harmless there: it is dropped (the run keeps its default) and named in one
+    warning line. The same key given for the run itself stays, for validation to refuse. Returns (values, the
+    warning lines, e.g. "config key 'grad_checkpoint': True in configs/x.yaml is not read (only mode e2e reads it,
+    this run is greedy); this run leaves it at False")."""
+    values = {**shared, **given}
+    try:
+        cfg = Config(**values)
+    except TypeError:  # an unknown key: its caller's check names it
+        return values, []
+    warnings = []
+    for key, why in unread_keys(cfg).items():
+        if key in shared and key not in given:
+            warnings.append(f"config key '{key}': {shared[key]} in {where} is not read ({why}); this run leaves it "
+                            f"at {default(key)}")
+            del values[key]
+    return values, warnings

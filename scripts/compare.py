@@ -46,8 +46,8 @@ from greedy.compare import Group, RunSpec  # noqa: E402
 from greedy.config import build_config, config_arguments, load_yaml, make_parser  # noqa: E402
 from greedy.config import overrides_from_args as config_overrides  # noqa: E402
 from greedy.cost import measure_cost, train_size  # noqa: E402
-from greedy.errors import UsageError, run_cli  # noqa: E402
-from greedy.schema import MODES, RESUME_MUTABLE, Config, head_takes  # noqa: E402
+from greedy.errors import UsageError, run_cli, warn  # noqa: E402
+from greedy.schema import MODES, RESUME_MUTABLE, Config, head_takes, shared_values  # noqa: E402
 
 # Keys the comparison sets for each run: not overridable after `--`.
 OWNED = {"mode": "--modes", "k": "--k", "seed": "--seeds", "name": "--experiment", "out_dir": "--out-dir",
@@ -180,7 +180,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     """Check every input and resolve every run's config before anything runs."""
     yaml_values = load_yaml(args.config)
     extra = train_overrides(args.train_args)
-    base = build_config({**yaml_values, **extra}, check_data=False)
+    shared = {**yaml_values, **extra}  # what every run of the grid starts from
+    where = args.config + (" and the overrides after --" if extra else "")
+    base = build_config(shared_values(shared, {}, where)[0], check_data=False)
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     seeds = int_list("--seeds", args.seeds)
     def reads_k(overrides: dict[str, Any]) -> bool:
@@ -203,14 +205,18 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise UsageError("--jobs above 1 with --launcher: the runs would share the launcher's devices; drop --jobs")
     experiment = args.experiment or f"{Path(args.config).stem}-{'methods' if methods else 'compare'}"
     folder = Path(args.out_dir) / experiment
-    runs = []
+    runs, warnings = [], []
     for spec in specs:
         own = {**spec.overrides(), "out_dir": str(folder), "name": spec.name, "experiment": experiment,
                "no_progress": True, **({"tracker": "wandb"} if args.wandb else {})}
-        values = {**yaml_values, **extra, **own}
+        values, lines = shared_values(shared, own, where)  # a key only some modes read: dropped where unread
+        warnings += [line for line in lines if line not in warnings]
         budget = compare.budget_overrides(build_config(values, check_data=False), spec.mode, args.budget)
         cfg = build_config({**values, **budget}, check_data=not args.plan)
-        runs.append(Run(spec, cfg, folder / spec.name, {**extra, **own, **budget}))
+        kept = {key: value for key, value in extra.items() if key in values}
+        runs.append(Run(spec, cfg, folder / spec.name, {**kept, **own, **budget}))
+    for line in warnings:  # once for the grid (each run's log repeats those of the YAML file)
+        warn(line)
     return Plan(args, base, experiment, folder, runs)
 
 

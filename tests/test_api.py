@@ -77,3 +77,66 @@ def test_your_own_units_train_greedily(capsys):
                                      torch.tensor([0, 1, 2])), net=net)
     with pytest.raises(ValueError, match="--pipeline 2 places the config's net on the processes"):
         greedy.train({"epochs": 1, "mode": "decoupled", "pipeline": 2}, net=net)
+
+
+def test_the_readme_probes_what_it_trained(capsys):
+    scope = {"greedy": greedy}
+    exec(readme_python_blocks()[2], scope)
+    capsys.readouterr()
+    exec(readme_python_blocks()[3], scope)
+    lines = re.findall(r"^(\w+): linear probe (0\.\d{3}|1\.000)$", capsys.readouterr().out, re.M)
+    assert [name for name, _ in lines] == ["input", "block1", "block2", "block3"]
+    assert float(lines[-1][1]) > 0.5  # digits: chance is 0.1
+    analysis = scope["analysis"]
+    assert analysis["samples"]["test"] == 300 and [la["layer"] for la in analysis["knn"]["layers"]][-1] == "block3"
+
+
+def test_analyze_on_tensors_gives_what_evaluate_computes(tensors):
+    from greedy.analysis.context import AnalysisSettings
+    from greedy.analysis.runner import run_analysis
+
+    torch.manual_seed(0)
+    net = greedy.GreedyNet([8, 8], 10, in_chans=1, img_size=8)
+    net.train()
+    mine = greedy.analyze(net, tensors, ["knn", "clustering"], samples=120, knn_k=3)
+    assert net.training  # left as it was
+    data = greedy.tensor_data(*tensors)
+    theirs = run_analysis(net, data, ["knn", "clustering"], AnalysisSettings(samples=120, knn_k=3))
+    assert [la["test_acc"] for la in mine["knn"]["layers"]] == [la["test_acc"] for la in theirs["knn"]["layers"]]
+    assert mine["clustering"]["layers"][1]["nc1"] == pytest.approx(theirs["clustering"]["layers"][1]["nc1"])
+    assert mine["knn"]["settings"]["knn_k"] == 3 and mine["samples"]["train"] == 120
+
+
+def test_analyze_compares_two_nets(tensors):
+    torch.manual_seed(0)
+    a, b = (greedy.GreedyNet([8, 8], 10, in_chans=1, img_size=8) for _ in range(2))
+    out = greedy.analyze(a, tensors, "cka", other=b, samples=50)
+    assert len(out["compare"]["cka"]["same_layer"]) == 3  # input and two blocks, A's layer against B's
+    assert out["compare"]["cka"]["same_layer"][0]["cka"] == pytest.approx(1.0)  # the same input images
+    wider = greedy.GreedyNet([16, 8], 10, in_chans=1, img_size=8)
+    with pytest.raises(ValueError, match=r"^analyze: connectivity interpolates the weights of one architecture, but "
+                                         r"the nets differ at \S+ \(\(8, 8, 3, 3\) vs \(16, 16, 3, 3\)\); pass other="):
+        greedy.analyze(a, tensors, "connectivity", other=wider, samples=50)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"probes": "linaer"}, "unknown analysis 'linaer'; choose from"),
+    ({"sample": 100}, "unknown analysis setting 'sample'; did you mean 'samples'? choose from samples, pool,"),
+    ({"samples": "many"}, "analysis setting 'samples': 'many' is not an integer"),
+    ({"samples": 5}, "analysis setting 'samples' must be at least 10, got 5"),
+    ({"sigmas": [0.5, -1]}, "analysis setting 'sigmas' must be positive numbers, got 0.5,-1.0"),
+    ({"probes": "connectivity"}, "analyze: probe family 'connectivity' compares two nets of one architecture; pass "
+                                 "other=(a TrainResult or GreedyNet)"),
+    ({"data": None}, "analyze: a bare GreedyNet needs data: pass a DataBundle or (x_train, y_train, x_test, y_test)"),
+    ({"data": (torch.zeros(20, 3, 8, 8), torch.arange(20) % 10, torch.zeros(20, 3, 8, 8), torch.arange(20) % 10)},
+     "analyze: the net takes 1 x 8 x 8 images but the data holds 3 x 8 x 8; probe it on images of the size it "
+     "trained on"),
+    ({"data": (torch.zeros(20, 1, 8, 8), torch.arange(20) % 12, torch.zeros(20, 1, 8, 8), torch.arange(20) % 12)},
+     "y_train: label 10 at index 10 is outside 0..9"),
+])
+def test_analyze_refuses_bad_input_in_one_line(tensors, kwargs, message):
+    net = greedy.GreedyNet([8, 8], 10, in_chans=1, img_size=8)
+    kwargs = {"data": tensors, **kwargs}
+    with pytest.raises(ValueError) as err:
+        greedy.analyze(net, **kwargs)
+    assert isinstance(err.value, greedy.UsageError) and message in str(err.value) and "\n" not in str(err.value)

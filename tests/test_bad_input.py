@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import yaml
 
 import train
 from greedy.config import RANGES
@@ -228,3 +229,32 @@ def test_fp16_on_cpu_is_refused_by_the_cli(tmp_path):
                            "autocast there and would train in fp32); use --mixed-precision bf16 (works on CPU) or no\n")
     assert not any(tmp_path.iterdir())
 
+
+
+def shared_yaml(out, **keys) -> str:
+    """configs/digits_k2.yaml with `keys` added: a config file several runs share."""
+    path = out / "shared.yaml"
+    base = yaml.safe_load(open(train.__file__.rsplit("/", 1)[0] + "/configs/digits_k2.yaml"))
+    path.write_text(yaml.safe_dump({**base, **keys}))
+    return str(path)
+
+
+@pytest.mark.parametrize("keys, args, warning", [
+    ({"mode": "e2e", "grad_checkpoint": True}, ["--mode", "greedy"],
+     "config key 'grad_checkpoint': True in SHARED is not read (only mode e2e reads it, this run is greedy); this run "
+     "leaves it at False"),
+    ({"k": 3}, ["--aux", "mlp_sr"], "config key 'k': 3 in SHARED is not read (no auxiliary net of this run reads it: "
+                                    "aux mlp_sr, final_head auxiliary); this run leaves it at 2"),
+])
+def test_a_shared_file_s_key_this_run_does_not_read_is_warned_once(out, monkeypatch, capsys, keys, args, warning):
+    """The file's key is harmless where the command line picks a mode or head that ignores it: one warning line,
+    the run goes on at the default; the same contradiction given on the command line is refused."""
+    monkeypatch.chdir(train.__file__.rsplit("/", 1)[0])
+    path = shared_yaml(out, **keys)
+    code, stdout, err = run_train(["-c", path, *args, "--print-model"], capsys)
+    assert code == 0 and err == f"warning: {warning.replace('SHARED', path)}\n"
+    key, value = next((k, v) for k, v in keys.items() if k != "mode")
+    flag = [f"--{key.replace('_', '-')}", str(value).lower()]
+    code, _, err = run_train(["-c", shared_yaml(out, **{k: v for k, v in keys.items() if k == "mode"}), *args, *flag,
+                              "--print-model"], capsys)
+    assert code == 2 and err.startswith(f"error: config key '{key}'") and err.count("\n") == 1

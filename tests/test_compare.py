@@ -398,3 +398,17 @@ def test_help_shows_the_defaults_and_the_passthrough(script, capsys):
     text = capsys.readouterr().out
     assert "(default: 0,1,2)" in text and "(default: per_stage)" in text and "(default: runs)" in text
     assert "-- --epochs 3" in text and "27 runs" in text and "RUN_DIR" in text
+
+
+def test_a_key_only_some_modes_read_is_dropped_where_unread_with_one_warning(script, tmp_path, capsys):
+    args = ["-c", "configs/digits_k2.yaml", "--modes", "greedy,e2e,decoupled", "--k", "1,2", "--seeds", "0",
+            "--out-dir", str(tmp_path), "--", "--grad-checkpoint", "true"]
+    plan = script.make_plan(script.get_args(args))
+    where = "configs/digits_k2.yaml and the overrides after --"
+    assert capsys.readouterr().err.splitlines() == [  # once for the grid, not once per k
+        f"warning: config key 'grad_checkpoint': True in {where} is not read (only mode e2e reads it, this run is "
+        f"{mode}); this run leaves it at False" for mode in ("greedy", "decoupled")]
+    assert len(plan.runs) == 6
+    for run in plan.runs:
+        e2e = run.spec.mode == "e2e"
+        assert run.cfg.grad_checkpoint == e2e and ("grad_checkpoint" in run.overrides) == e2e

@@ -9,7 +9,8 @@ when it probes during training (config key `probes`), `pairwise` marks families 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -18,8 +19,9 @@ import torch
 
 from greedy.analysis.representations import Layer, Representations, Sample, representations, seeded_sample
 from greedy.datasets import DataBundle
+from greedy.errors import UsageError
 from greedy.models import GreedyNet
-from greedy.registry import PROBES
+from greedy.registry import PROBES, did_you_mean
 
 
 @dataclass
@@ -59,6 +61,58 @@ class AnalysisSettings:
         """The named settings, plus the sampling ones every family shares."""
         common = ("samples", "pool", "heads", "seed")
         return {k: plain(getattr(self, k)) for k in (*common, *keys)}
+
+
+# the least value of each count (fewer gives no estimate: a 2-point path has no barrier, 1 sample no variance)
+LOWER_BOUNDS = {"samples": 10, "pool": 0, "knn_k": 1, "info_dim": 1, "mc_samples": 2, "segments": 1,
+                "noise_samples": 1, "threads": 1, "aniso_rank": 1, "aniso_samples": 2, "aniso_probes": 2,
+                "path_points": 3}
+
+
+def check_settings(settings: AnalysisSettings, spell: Callable[[str], str] = lambda f: f"analysis setting '{f}'"
+                   ) -> AnalysisSettings:
+    """Return `settings` if every count is at least its LOWER_BOUNDS value, beta > 0 and every sigma > 0; else raise
+    UsageError naming the setting as `spell(field)` spells it (evaluate.py: its flag)."""
+    for name, low in LOWER_BOUNDS.items():
+        value = getattr(settings, name)
+        if value < low:
+            raise UsageError(f"{spell(name)} must be at least {low}, got {value}")
+    if not settings.beta > 0:
+        raise UsageError(f"{spell('beta')} must be positive, got {settings.beta}")
+    if not settings.sigmas or any(not s > 0 for s in settings.sigmas):
+        raise UsageError(f"{spell('sigmas')} must be positive numbers, got "
+                         f"{','.join(map(str, settings.sigmas)) or 'none'}")
+    return settings
+
+
+def analysis_settings(values: Mapping[str, Any]) -> AnalysisSettings:
+    """AnalysisSettings from keyword values (a Python caller's): each name a field (did-you-mean otherwise), each
+    value of its field's type (an int is a float too; sigmas any sequence of numbers), checked by check_settings.
+    Raises UsageError."""
+    fields = {f.name: f for f in dataclasses.fields(AnalysisSettings)}
+    defaults = AnalysisSettings()
+    given = {}
+    for name, value in values.items():
+        if name not in fields:
+            raise UsageError(f"unknown analysis setting {name!r}; {did_you_mean(name, fields)}choose from "
+                             f"{', '.join(fields)}")
+        default = getattr(defaults, name)
+        if isinstance(default, tuple):
+            wanted = "a list of numbers"
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in value)
+            value = tuple(float(v) for v in value) if ok else value
+        elif isinstance(default, bool):
+            wanted, ok = "True or False", isinstance(value, bool)
+        elif isinstance(default, int):
+            wanted, ok = "an integer", isinstance(value, int) and not isinstance(value, bool)
+        else:
+            wanted, ok = "a number", isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        if not ok:
+            raise UsageError(f"analysis setting '{name}': {value!r} is not {wanted}")
+        given[name] = value
+    return check_settings(dataclasses.replace(defaults, **given))
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
-from greedy.analysis.context import AnalysisSettings
+from greedy.analysis.context import AnalysisSettings, check_settings
 from greedy.analysis.plots import make_plots
 from greedy.analysis.runner import AT_INIT, FAMILIES, PAIRWISE, compare_cka, run_analysis
 from greedy.analysis.trajectory_plots import plot_trajectories
@@ -124,27 +124,15 @@ def parse_names(text: str) -> list[str]:
 
 def settings_from_args(args: argparse.Namespace) -> AnalysisSettings:
     """AnalysisSettings from the flags, each checked (one-line UsageError)."""
-    checks = {"analysis-samples": (args.analysis_samples, 10), "analysis-pool": (args.analysis_pool, 0),
-              "knn-k": (args.knn_k, 1), "info-dim": (args.info_dim, 1), "mc-samples": (args.mc_samples, 2),
-              "segments": (args.segments, 1), "noise-samples": (args.noise_samples, 1),
-              "analysis-threads": (args.analysis_threads, 1)}
-    checks.update({"aniso-rank": (args.aniso_rank, 1), "aniso-samples": (args.aniso_samples, 2),
-                   "aniso-probes": (args.aniso_probes, 2), "path-points": (args.path_points, 3)})
-    for flag, (value, low) in checks.items():
-        if value < low:
-            raise UsageError(f"--{flag} must be at least {low}, got {value}")
-    if not args.beta > 0:
-        raise UsageError(f"--beta must be positive, got {args.beta}")
-    if not args.sigmas or any(not s > 0 for s in args.sigmas):
-        raise UsageError(f"--sigmas must be positive numbers, got {','.join(map(str, args.sigmas)) or 'none'}")
-    return dataclasses.replace(
+    flags = {"samples": "analysis-samples", "pool": "analysis-pool", "threads": "analysis-threads"}
+    return check_settings(dataclasses.replace(
         DEFAULTS, samples=args.analysis_samples, pool=args.analysis_pool, heads=args.analysis_heads,
         seed=args.analysis_seed, knn_k=args.knn_k, beta=args.beta, info_dim=args.info_dim,
         mc_samples=args.mc_samples, segments=args.segments, sigmas=tuple(args.sigmas),
         noise_samples=args.noise_samples, noise_heads=args.noise_heads, threads=args.analysis_threads,
         aniso_rank=args.aniso_rank, aniso_samples=args.aniso_samples, aniso_probes=args.aniso_probes,
         path_points=args.path_points,
-    )
+    ), lambda field: "--" + flags.get(field, field.replace("_", "-")))
 
 
 def check_flags(args: argparse.Namespace) -> list[str] | None:
@@ -196,15 +184,22 @@ def check_comparable(a: LoadedRun, b: LoadedRun) -> None:
         raise UsageError(f"--compare {b.run.path}: runs see different data ({what}); compare runs on one dataset")
 
 
-def check_same_architecture(a: LoadedRun, b: LoadedRun) -> None:
-    """Two runs can be interpolated only if their weights have the same names and shapes."""
-    sa, sb = a.net.state_dict(), b.net.state_dict()
+def architecture_difference(a: GreedyNet, b: GreedyNet) -> str | None:
+    """The first weight in which two nets differ ("blocks.0.conv.weight (only in A)", "... ((8, 1, 3, 3) vs
+    (16, 1, 3, 3))"), or None when their weights have the same names and shapes (the pairwise families need it)."""
+    sa, sb = a.state_dict(), b.state_dict()
     only = sorted(set(sa) ^ set(sb))
     diff = ([f"{k} (only in {'A' if k in sa else 'B'})" for k in only]
             or [f"{k} ({tuple(sa[k].shape)} vs {tuple(sb[k].shape)})" for k in sa if sa[k].shape != sb[k].shape])
+    return diff[0] if diff else None
+
+
+def check_same_architecture(a: LoadedRun, b: LoadedRun) -> None:
+    """Two runs can be interpolated only if their weights have the same names and shapes."""
+    diff = architecture_difference(a.net, b.net)
     if diff:
         raise UsageError(f"--compare {b.run.path}: connectivity interpolates weights of one architecture, but the "
-                         f"runs differ at {diff[0]}; compare two seeds, or greedy and e2e, of one config")
+                         f"runs differ at {diff}; compare two seeds, or greedy and e2e, of one config")
 
 
 def run_info(loaded: LoadedRun, role: str) -> dict[str, Any]:

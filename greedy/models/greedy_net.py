@@ -80,6 +80,7 @@ class GreedyNet(nn.Module):
                   num_modules: int | None, split_points: list[int] | None, split_by: str, aux: str,
                   final_head: str | nn.Module, head_options: dict) -> None:
         self.num_classes = num_classes
+        self.input_shape = (in_chans, img_size, img_size)  # C x H x W the modules and heads were traced for
         self.stem = stem if stem is not None else nn.Identity()
         make = units if callable(units) else lambda: iter(units)
         with torch.device("meta"):
