@@ -34,8 +34,10 @@ import greedy.objectives  # noqa: E402, F401  local objectives: OBJECTIVES
 
 def __getattr__(name: str):
     """The Python front door (greedy/api.py), imported on first use: `greedy.train`, `greedy.analyze`,
-    `greedy.TrainResult`, `greedy.tensor_data`, `greedy.make_config`, `greedy.GreedyNet`, `greedy.UsageError`."""
-    if name in ("train", "analyze", "TrainResult", "tensor_data", "make_config", "GreedyNet"):
+    `greedy.TrainResult`, `greedy.tensor_data`, `greedy.loader_data`, `greedy.create_net`, `greedy.make_config`,
+    `greedy.GreedyNet`, `greedy.UsageError`."""
+    if name in ("train", "analyze", "TrainResult", "tensor_data", "loader_data", "create_net", "make_config",
+                "GreedyNet"):
         from greedy import api
 
         return getattr(api, name)

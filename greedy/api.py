@@ -22,20 +22,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, IterableDataset
 
 from greedy.analysis.context import analysis_settings
 from greedy.analysis.report import architecture_difference, json_safe, parse_names
 from greedy.analysis.runner import PAIRWISE, compare_cka, run_analysis
 from greedy.config import build_config, checked_values, load_yaml
-from greedy.datasets import DataBundle, TensorImageDataset, create_datasets, device_data_supported
+from greedy.datasets import (
+    DataBundle,
+    TensorImageDataset,
+    create_datasets,
+    dataset_classes,
+    dataset_info,
+    device_data_supported,
+)
 from greedy.errors import UsageError, warn
-from greedy.models import GreedyNet
+from greedy.models import GreedyNet, check_shapes, create_greedy_net
 from greedy.schema import Config, shared_values
 from greedy.session import run_training
 
-__all__ = ["GreedyNet", "TrainResult", "analyze", "make_config", "tensor_data", "train"]
+__all__ = ["GreedyNet", "TrainResult", "analyze", "create_net", "loader_data", "make_config", "tensor_data", "train"]
 
 Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_train, y_train, x_test, y_test
+Loaders = tuple[DataLoader, DataLoader]  # your own (train, test) DataLoaders
 
 
 @dataclass
@@ -120,15 +129,63 @@ def tensor_data(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tens
                       y_test.long()), classes, channels, x_train.shape[-1], (0.0,) * channels, (1.0,) * channels)
 
 
-def train(config: Mapping[str, Any] | str | Path | Config = (), data: DataBundle | Tensors | None = None, *,
-          net: GreedyNet | None = None, out_dir: str | Path | None = None, **overrides: Any) -> TrainResult:
+def loader_data(train_loader: DataLoader, test_loader: DataLoader, num_classes: int | None = None) -> DataBundle:
+    """A DataBundle of your own DataLoaders, which training and evaluation read as they are (their batch size,
+    sampler, workers, collate); batches `(float B x C x S x S images, as the net is to see them, int B labels)`.
+    Their Datasets must be indexable (map-style): the probes and `analyze` draw seeded subsets of them. The image
+    shape comes from the first training batch; num_classes from the argument, else the training Dataset's
+    `classes` (a torchvision dataset's) or the largest of its `targets` + 1. Raises UsageError for anything else."""
+    for name, loader in (("train_loader", train_loader), ("test_loader", test_loader)):
+        if not isinstance(loader, DataLoader):
+            raise UsageError(f"{name} must be a torch DataLoader, got {type(loader).__name__}")
+        if isinstance(loader.dataset, IterableDataset):
+            raise UsageError(f"{name}: an IterableDataset cannot be indexed for the probes and analyze; wrap a "
+                             "map-style Dataset (with __getitem__ and __len__) in the DataLoader")
+    batch = next(iter(train_loader))
+    x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
+    if not (isinstance(x, torch.Tensor) and x.ndim == 4 and x.is_floating_point() and x.shape[2] == x.shape[3]):
+        raise UsageError("train_loader must yield (images, labels) batches with images a float tensor B x C x S x S "
+                         f"(square), got {type(batch).__name__} {tuple(getattr(x, 'shape', ()))}")
+    dataset = train_loader.dataset
+    if num_classes is None and hasattr(dataset, "classes"):
+        num_classes = len(dataset.classes)
+    elif num_classes is None and hasattr(dataset, "targets"):
+        num_classes = int(torch.as_tensor(dataset.targets).max()) + 1
+    if num_classes is None or num_classes < 2:
+        raise UsageError(f"loader_data: the number of classes is not known from {type(dataset).__name__} (no classes "
+                         "or targets attribute); pass num_classes")
+    channels = x.shape[1]
+    return DataBundle(dataset, test_loader.dataset, num_classes, channels, x.shape[-1], (0.0,) * channels,
+                      (1.0,) * channels, loaders=(train_loader, test_loader))
+
+
+def create_net(config: Mapping[str, Any] | str | Path | Config = (), *, num_classes: int | None = None,
+               in_chans: int | None = None, img_size: int | None = None, **overrides: Any) -> GreedyNet:
+    """The config's GreedyNet, as train.py builds it (with this process's random state): `{"widths": [64, 64,
+    128]}`, a ResNet (`arch: resnet`), or a timm CNN split into local modules (`{"arch": "timm", "model":
+    "resnet18", "num_modules": 4}`), each with its auxiliary net. Inputs N x in_chans x img_size x img_size and
+    num_classes default to the config's data set's (no data is read). Raises UsageError for a bad config or images
+    too small for the net (naming the module)."""
+    cfg = make_config(config, check_data=False, **overrides)
+    info = dataset_info(cfg.dataset)
+    shape = (in_chans or info.in_chans, img_size or cfg.img_size or info.img_size)
+    classes = num_classes or cfg.num_classes or dataset_classes(cfg.dataset, cfg.data_dir) or info.num_classes
+    check_shapes(cfg, *shape, classes)
+    return create_greedy_net(cfg, num_classes=classes, in_chans=shape[0], img_size=shape[1])
+
+
+def train(config: Mapping[str, Any] | str | Path | Config = (),
+          data: DataBundle | Tensors | Loaders | None = None, *, net: GreedyNet | None = None,
+          out_dir: str | Path | None = None, **overrides: Any) -> TrainResult:
     """Train the config's net in this process, as train.py does, and return its results.
 
     config: a dict of config keys, a YAML path or a Config; `overrides`, keyword config keys on top (e.g.
     `mode="decoupled"`, `objective="infopro_contrast"`). data: None (the config's data set), a DataBundle
-    (`greedy.datasets.create_datasets`, or your own Datasets in one), or tensors `(x_train, y_train, x_test,
-    y_test)` (see `tensor_data`). net: your own GreedyNet (`greedy.GreedyNet.from_units(your units, ...)`: its
-    modules, auxiliary nets and heads as built) instead of the config's architecture keys; the config still gives
+    (`greedy.datasets.create_datasets`, or your own Datasets in one), tensors `(x_train, y_train, x_test,
+    y_test)` (see `tensor_data`), or your DataLoaders `(train_loader, test_loader)`, read as they are (see
+    `loader_data`; batch_size then records theirs). net: your own GreedyNet (`greedy.create_net(config)`, or
+    `greedy.GreedyNet.from_units(your units, ...)`: its modules, auxiliary nets and heads as built) instead of the
+    config's architecture keys; the config still gives
     the mode, objective, optimizer and epochs (train.py and evaluate.py cannot rebuild such a run from its
     directory). out_dir: where the run directory is kept; None keeps nothing (a temporary
     folder, removed at the end, even on an error; with `tracker="wandb"` the run still goes to W&B online, and an
@@ -136,9 +193,11 @@ def train(config: Mapping[str, Any] | str | Path | Config = (), data: DataBundle
     greedy.errors.TrainingDiverged for a non-finite loss.
     """
     if isinstance(data, tuple):
-        data = tensor_data(*data)
+        data = loader_data(*data) if len(data) == 2 else tensor_data(*data)
     cfg = make_config(config, check_data=data is None, **overrides)
-    if data is not None and not device_data_supported(data):
+    if data is not None and data.loaders is not None:
+        cfg = _for_loaders(cfg, data.loaders)
+    elif data is not None and not device_data_supported(data):
         cfg = replace(cfg, device_data="off")  # your own Datasets: per-item DataLoaders
     name = Path(config).stem if isinstance(config, (str, Path)) else "python"
     if out_dir is not None:
@@ -147,6 +206,21 @@ def train(config: Mapping[str, Any] | str | Path | Config = (), data: DataBundle
     with tempfile.TemporaryDirectory(prefix="greedy-") as tmp:
         summary, trained, _ = run_training(replace(cfg, out_dir=tmp), None, name, data, net)
     return _result(summary, trained, None, cfg, data)
+
+
+def _for_loaders(cfg: Config, loaders: tuple[DataLoader, DataLoader]) -> Config:
+    """The config of a run on your DataLoaders: their batch sizes recorded, no feature cache or device copy (they
+    would read the Datasets past your loaders); refuses what would need other loaders (val_split, pipeline, cache
+    on)."""
+    for key, value, fix in (("val_split", cfg.val_split, "pass a validation loader as test_loader"),
+                            ("pipeline", cfg.pipeline > 1, "pass a DataBundle of Datasets or tensors"),
+                            ("cache", cfg.cache == "on", "drop it: the cache would read the Datasets without them")):
+        if value:
+            raise UsageError(f"config key '{key}' builds loaders of its own, but your DataLoaders are used as they "
+                             f"are; {fix}")
+    train_batch, test_batch = (loader.batch_size for loader in loaders)
+    return replace(cfg, cache="off", device_data="off", batch_size=train_batch or cfg.batch_size,
+                   eval_batch_size=test_batch or cfg.eval_batch_size)
 
 
 def _result(summary: dict[str, Any], net: GreedyNet, run_dir: Path | None, cfg: Config,

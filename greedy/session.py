@@ -72,7 +72,10 @@ def check_model_shapes(cfg: Config, data: DataBundle | None = None) -> GreedyNet
 
 
 def data_loaders(cfg: Config, data: DataBundle, accelerator) -> tuple:
-    """The run's (train, test) loaders: the data set on the accelerator (device_data) or torch DataLoaders."""
+    """The run's (train, test) loaders: the caller's own (`data.loaders`), the data set on the accelerator
+    (device_data) or torch DataLoaders."""
+    if data.loaders is not None:
+        return data.loaders
     on_device = {"device": accelerator.device, "seed": cfg.seed, "num_processes": accelerator.num_processes,
                  "process_index": accelerator.process_index} if cfg.on_device else {}
     workers = default_workers(cfg.dataset, cfg.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))

@@ -140,3 +140,56 @@ def test_analyze_refuses_bad_input_in_one_line(tensors, kwargs, message):
     with pytest.raises(ValueError) as err:
         greedy.analyze(net, **kwargs)
     assert isinstance(err.value, greedy.UsageError) and message in str(err.value) and "\n" not in str(err.value)
+
+
+class Counted:
+    """A collate_fn that counts the batches it builds (accelerate's prepared loader keeps the loader's collate_fn,
+    sampler, batch size and workers)."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def __call__(self, items):
+        self.batches += 1
+        return torch.utils.data.default_collate(items)
+
+
+def test_your_dataloaders_are_read_as_they_are(tensors):
+    x_train, y_train, x_test, y_test = tensors
+    train_set, test_set = (torch.utils.data.TensorDataset(x, y) for x, y in ((x_train, y_train), (x_test, y_test)))
+    train_count, test_count = Counted(), Counted()
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=48, shuffle=True, collate_fn=train_count)
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=100, collate_fn=test_count)
+    with pytest.raises(ValueError, match="^loader_data: the number of classes is not known from TensorDataset"):
+        greedy.loader_data(train_loader, test_loader)
+    data = greedy.loader_data(train_loader, test_loader, num_classes=10)
+    assert (data.num_classes, data.in_chans, data.img_size) == (10, 1, 8)
+    train_count.batches = 0  # loader_data read one batch to learn the image shape
+    result = greedy.train({"widths": [16, 16, 32], "downsample": [3], "epochs": 2, "no_progress": True}, data)
+    assert result.final_test_acc > 0.5 and len(result.stages) == 3
+    assert train_count.batches == 3 * 2 * -(-len(train_set) // 48)  # 3 stages x 2 epochs x its batches: no cache
+    assert test_count.batches == (3 * 2 + 1) * -(-len(test_set) // 100)  # every epoch's evaluation, the final one
+    assert (result.config.batch_size, result.config.eval_batch_size, result.config.cache) == (48, 100, "off")
+    probed = greedy.analyze(result, probes="knn", samples=100)  # the probes index the loaders' Datasets
+    assert probed["knn"]["layers"][-1]["test_acc"] > 0.5
+    with pytest.raises(ValueError, match="^config key 'val_split' builds loaders of its own, but your DataLoaders"):
+        greedy.train({"epochs": 1, "val_split": 0.2}, data)
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(train_set)
+
+    stream = torch.utils.data.DataLoader(Stream(), batch_size=4)
+    with pytest.raises(ValueError, match="^train_loader: an IterableDataset cannot be indexed"):
+        greedy.loader_data(stream, test_loader)
+
+
+def test_create_net_builds_the_config_s_net_without_data():
+    net = greedy.create_net({"widths": [16, 16, 32], "downsample": [3]})  # digits: 1 x 8 x 8, 10 classes
+    assert net.num_stages == 3 and net.input_shape == (1, 8, 8) and net.num_classes == 10
+    result = greedy.train({"epochs": 1, "no_progress": True}, net=net)  # the net it built, trained on digits
+    assert result.net is net and result.final_test_acc > 0.3
+    timm_net = greedy.create_net({"arch": "timm", "model": "resnet10t", "num_modules": 3}, dataset="cifar10",
+                                 img_size=32)
+    assert timm_net.num_stages == 3 and timm_net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="^unknown timm model 'resnet5O'; did you mean resnet50"):
+        greedy.create_net({"arch": "timm", "model": "resnet5O", "num_modules": 2})

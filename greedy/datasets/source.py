@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from greedy.errors import UsageError
 from greedy.registry import DATASETS
@@ -35,6 +35,9 @@ class DataBundle:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     val: Dataset | None = None  # held out of the training set (val_split), read like `test`
+    # your own (train, test) DataLoaders over `train` and `test` (greedy.loader_data): training and evaluation read
+    # them as they are (batch size, sampler, workers, collate) instead of loaders the factory builds
+    loaders: tuple[DataLoader, DataLoader] | None = None
 
     def for_training(self) -> DataBundle:
         """What training sees: with a validation split, `test` is the validation split (per-epoch evaluation,
