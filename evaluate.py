@@ -62,7 +62,7 @@ def evaluate_run(run: RunDir, cfg, data, net, batch_size: int) -> None:
     """Print the per-stage table and the final test accuracy (against the one recorded in training)."""
     accelerator = make_accelerator(cfg)
     net.to(accelerator.device)
-    _, test_loader = create_loaders(data, batch_size)
+    _, test_loader = create_loaders(data, batch_size, with_train=False)
     heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator)
     seconds = run.stage_seconds()
     rows = result_rows(net, cfg.mode, heads, seconds)

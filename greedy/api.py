@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from greedy.analysis.context import analysis_settings
 from greedy.analysis.report import architecture_difference, json_safe, parse_names
 from greedy.analysis.runner import PAIRWISE, compare_cka, run_analysis
+from greedy.checkpoint import RunDir
 from greedy.config import build_config, checked_values, load_yaml
 from greedy.datasets import (
     DataBundle,
@@ -52,12 +53,14 @@ class TrainResult:
     """What a training run gives back.
 
     stages: one dict per trained stage (decoupled: per block; e2e: one), as train.py prints them: `stage`,
-        `test_acc` (its head's test accuracy, 0..1), `ensemble_acc`, parameters, `time_s` (seconds);
+        `test_acc` (its head's test accuracy, 0..1), `ensemble_acc`, parameters, `time_s` (seconds), and
+        `train_loss` (its local objective's mean loss over its last epoch);
     final_test_acc: the last head's test accuracy (0..1); stage_test_acc: every head's (None where e2e trained
         none); total_time_s: training seconds; net: the trained GreedyNet (on the device it trained on);
-    run_dir: the run directory, or None when nothing was kept; summary: summary.json's content; config: the Config it
-    trained with; `data`: the DataBundle it trained on (its `val` split held out with val_split), which `analyze`
-    probes unless given other data.
+    run_dir: the run directory, or None when nothing was kept; summary: summary.json's content; config: the Config
+    it trained with; epochs: every epoch's record as metrics.jsonl holds it (stage, epoch, loss and its terms,
+    train_acc, test_acc or val_acc, lr, time in seconds); `data`: the DataBundle it trained on (its `val` split held
+    out with val_split), which `analyze` probes unless given other data.
     """
 
     stages: list[dict[str, Any]]
@@ -68,6 +71,7 @@ class TrainResult:
     run_dir: Path | None
     summary: dict[str, Any]
     config: Config
+    epochs: list[dict[str, Any]]
     given_data: DataBundle | None = field(default=None, repr=False)
 
     @cached_property
@@ -202,10 +206,10 @@ def train(config: Mapping[str, Any] | str | Path | Config = (),
     name = Path(config).stem if isinstance(config, (str, Path)) else "python"
     if out_dir is not None:
         summary, trained, run = run_training(replace(cfg, out_dir=str(out_dir)), None, name, data, net)
-        return _result(summary, trained, run.path, cfg, data)
+        return _result(summary, trained, run, cfg, data, keep=True)
     with tempfile.TemporaryDirectory(prefix="greedy-") as tmp:
-        summary, trained, _ = run_training(replace(cfg, out_dir=tmp), None, name, data, net)
-    return _result(summary, trained, None, cfg, data)
+        summary, trained, run = run_training(replace(cfg, out_dir=tmp), None, name, data, net)
+        return _result(summary, trained, run, cfg, data, keep=False)  # its records read before the folder goes
 
 
 def _for_loaders(cfg: Config, loaders: tuple[DataLoader, DataLoader]) -> Config:
@@ -223,10 +227,14 @@ def _for_loaders(cfg: Config, loaders: tuple[DataLoader, DataLoader]) -> Config:
                    eval_batch_size=test_batch or cfg.eval_batch_size)
 
 
-def _result(summary: dict[str, Any], net: GreedyNet, run_dir: Path | None, cfg: Config,
-            data: DataBundle | None) -> TrainResult:
-    return TrainResult(summary["rows"], summary["final_test_acc"], summary["stage_test_acc"],
-                       summary["total_time_s"], net, run_dir, summary, cfg, data)
+def _result(summary: dict[str, Any], net: GreedyNet, run: RunDir, cfg: Config, data: DataBundle | None,
+            keep: bool) -> TrainResult:
+    epochs = run.read_metrics("epoch")
+    last_loss = {record["stage"]: record["loss"] for record in epochs}  # each stage's (block's) last epoch
+    rows = [{**row, "train_loss": last_loss.get(row["stage"]) if row["stage"] != "e2e" else epochs[-1]["loss"]}
+            for row in summary["rows"]]
+    return TrainResult(rows, summary["final_test_acc"], summary["stage_test_acc"], summary["total_time_s"], net,
+                       run.path if keep else None, summary, cfg, epochs, data)
 
 
 def analyze(trained: TrainResult | GreedyNet, data: DataBundle | Tensors | None = None,

@@ -71,16 +71,17 @@ def check_model_shapes(cfg: Config, data: DataBundle | None = None) -> GreedyNet
     return check_shapes(cfg, in_chans, img_size, classes)
 
 
-def data_loaders(cfg: Config, data: DataBundle, accelerator) -> tuple:
+def data_loaders(cfg: Config, data: DataBundle, accelerator, with_train: bool = True) -> tuple:
     """The run's (train, test) loaders: the caller's own (`data.loaders`), the data set on the accelerator
-    (device_data) or torch DataLoaders."""
+    (device_data) or torch DataLoaders; without `with_train` (an evaluation) (None, test)."""
     if data.loaders is not None:
         return data.loaders
     on_device = {"device": accelerator.device, "seed": cfg.seed, "num_processes": accelerator.num_processes,
                  "process_index": accelerator.process_index} if cfg.on_device else {}
     workers = default_workers(cfg.dataset, cfg.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     return create_loaders(data, cfg.batch_size, eval_batch_size=cfg.eval_batch_size, num_workers=workers,
-                          pin_memory=cfg.pin_memory, persistent_workers=cfg.persistent_workers, **on_device)
+                          pin_memory=cfg.pin_memory, persistent_workers=cfg.persistent_workers, with_train=with_train,
+                          **on_device)
 
 
 def stage_loaders(cfg: Config, data: DataBundle, stage: Stage, cache: FeatureCache | None, net,
@@ -257,11 +258,11 @@ def run_training(cfg: Config, run: RunDir | None, name: str, data: DataBundle | 
             if cache is not None:
                 cache.close()
 
-        _, test_loader = data_loaders(cfg, data, accelerator)  # the test set, read once, now
+        _, test_loader = data_loaders(cfg, data, accelerator, with_train=False)  # the test set, read once, now
         heads = evaluate_heads(net, accelerator.prepare(test_loader), accelerator, cfg.channels_last)
         rows, final = results(cfg, net, run, heads, accelerator)
         if data.val is not None:  # the validation split's heads too: what selections read
-            _, val_loader = data_loaders(cfg, seen, accelerator)
+            _, val_loader = data_loaders(cfg, seen, accelerator, with_train=False)
             val = trained_heads(cfg, evaluate_heads(net, accelerator.prepare(val_loader), accelerator,
                                                     cfg.channels_last))
             final.update(stage_val_acc=val["head_acc"], final_val_acc=val["head_acc"][-1])

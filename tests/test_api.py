@@ -46,6 +46,12 @@ def test_your_tensors_in_any_mode_and_objective(tensors, tmp_path):
     assert result.final_test_acc > 0.5 and len(result.stages) == 3 and len(result.stage_test_acc) == 3
     assert result.run_dir is not None and (result.run_dir / "summary.json").is_file()  # kept: out_dir was given
     assert isinstance(result.net, greedy.models.GreedyNet) and result.summary["mode"] == "decoupled"
+    assert [(r["stage"], r["epoch"]) for r in result.epochs] == [(b, e) for e in (1, 2) for b in (1, 2, 3)]
+    for row in result.stages:  # each block's local loss over its last epoch
+        assert row["train_loss"] == [r["loss"] for r in result.epochs if r["stage"] == row["stage"]][-1] > 0
+    e2e = greedy.train({"widths": [16, 16, 32], "downsample": [3], "epochs": 1, "no_progress": True}, tensors,
+                       mode="e2e")
+    assert [row["stage"] for row in e2e.stages] == ["e2e"] and e2e.stages[0]["train_loss"] == e2e.epochs[-1]["loss"]
     logits = result.net.eval()(x_test[:8].to(next(result.net.parameters()).device))
     assert logits.shape == (8, 10)
 

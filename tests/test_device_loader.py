@@ -69,6 +69,9 @@ def test_the_device_path_serves_the_dataloaders_exact_images():
     stored = train.images[:, :, :-1].reshape(bundle.train.images.shape)
     assert torch.equal(stored, bundle.train.images) and not train.images[:, :, -1].any()  # + the zero padding
     assert torch.equal(torch.cat([x for x, _ in test]), bundle.test.images)  # in order, unaugmented
+    for device in ("cpu", None):  # an evaluation: the test split alone, the training split not copied
+        none, alone = create_loaders(bundle, 32, device=device, with_train=False)
+        assert none is None and torch.equal(torch.cat([x for x, _ in alone]), bundle.test.images)
 
 
 def ids_loader(n: int, batch: int, **kw) -> DeviceLoader:

@@ -145,8 +145,10 @@ def create_loaders(
     seed: int = 0,
     num_processes: int = 1,
     process_index: int = 0,
-) -> tuple[DataLoader | DeviceLoader, DataLoader | DeviceLoader]:
-    """Return (train loader: shuffled, keeps the last partial batch; test loader: in order).
+    with_train: bool = True,
+) -> tuple[DataLoader | DeviceLoader | None, DataLoader | DeviceLoader]:
+    """Return (train loader: shuffled, keeps the last partial batch; test loader: in order); without `with_train`
+    (an evaluation) the train loader is None and the training split is not copied to the device.
 
     With `device` (an in-memory dataset only, see `device_data_supported`), both are `DeviceLoader`s holding the
     data on that device, each process taking its own disjoint shard (`num_processes`, `process_index`; shuffling
@@ -167,7 +169,7 @@ def create_loaders(
                              "imagenet")
         shard = {"device": torch.device(device), "seed": seed, "num_processes": num_processes,
                  "process_index": process_index}
-        return (device_loader(bundle.train, batch_size, shuffle=True, **shard),
+        return (device_loader(bundle.train, batch_size, shuffle=True, **shard) if with_train else None,
                 device_loader(bundle.test, eval_batch_size, shuffle=False, **shard))
     common = {
         "num_workers": num_workers,
@@ -177,7 +179,7 @@ def create_loaders(
     }
     train = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, drop_last=False, **common)
     test = DataLoader(bundle.test, batch_size=eval_batch_size, shuffle=False, drop_last=False, **common)
-    return train, test
+    return (train if with_train else None), test
 
 
 def default_workers(dataset: str, num_workers: int | None, local_processes: int = 1) -> int:
