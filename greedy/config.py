@@ -19,7 +19,7 @@ from timm.optim import list_optimizers
 from greedy.errors import UsageError
 from greedy.optim import make_optimizer, make_scheduler
 from greedy.registry import DATASETS, HEADS, OBJECTIVES, check_choice, did_you_mean
-from greedy.schema import FIELDS, GROUPS, HEAD_OPTIONS, Config, choices, head_takes, reads
+from greedy.schema import FIELDS, GROUPS, HEAD_OPTIONS, Config, choices, key_default, reads, unread_keys
 
 _TYPES = typing.get_type_hints(Config)
 
@@ -304,14 +304,13 @@ def _check_objective(cfg: Config) -> None:
 def _check_head_options(cfg: Config) -> None:
     """A head setting given (not its default) that no auxiliary net of the run reads is refused: `--k 3 --aux
     mlp_sr` would otherwise train the same net as k 2 and be labelled k=3."""
-    for key in HEAD_OPTIONS:
-        value, default = getattr(cfg, key), FIELDS[key].default
-        if value == default or head_takes(cfg, key):
-            continue
+    unread = unread_keys(cfg)
+    for key in [key for key in HEAD_OPTIONS if key in unread]:
         takers = [name for name in HEADS if reads(name, key)]
         used = f"aux {cfg.aux}, final_head {cfg.final_head}" + (" in mode e2e" if cfg.mode == "e2e" else "")
-        raise UsageError(f"config key '{key}': {value} is read by no auxiliary net of this run ({used}), only by "
-                         f"{', '.join(takers)}; drop the key (default {default}) or pass --aux {takers[0]}")
+        raise UsageError(f"config key '{key}': {getattr(cfg, key)} is read by no auxiliary net of this run ({used}), "
+                         f"only by {', '.join(takers)}; drop the key (default {key_default(key)}) or pass --aux "
+                         f"{takers[0]}")
 
 
 def _check_pipeline(cfg: Config) -> None:

@@ -262,7 +262,7 @@ def head_takes(cfg: Config, key: str) -> bool:
 MODE_ONLY = {"grad_checkpoint": "e2e", "pipeline": "decoupled", "pipeline_split": "decoupled"}
 
 
-def default(key: str) -> Any:
+def key_default(key: str) -> Any:
     """The default value of config key `key` (a fresh list for a list key)."""
     f = FIELDS[key]
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
@@ -274,10 +274,10 @@ def unread_keys(cfg: Config) -> dict[str, str]:
     them; `shared_values` drops them from a shared config file."""
     unread = {}
     for key, mode in MODE_ONLY.items():
-        if getattr(cfg, key) != default(key) and cfg.mode != mode:
+        if getattr(cfg, key) != key_default(key) and cfg.mode != mode:
             unread[key] = f"only mode {mode} reads it, this run is {cfg.mode}"
     for key in HEAD_OPTIONS:
-        if getattr(cfg, key) != default(key) and not head_takes(cfg, key):
+        if getattr(cfg, key) != key_default(key) and not head_takes(cfg, key):
             unread[key] = (f"no auxiliary net of this run reads it: aux {cfg.aux}, final_head {cfg.final_head}"
                            + (" in mode e2e" if cfg.mode == "e2e" else ""))
     return unread
@@ -301,6 +301,6 @@ def shared_values(shared: dict[str, Any], given: dict[str, Any], where: str) -> 
     for key, why in unread_keys(cfg).items():
         if key in shared and key not in given:
             warnings.append(f"config key '{key}': {shared[key]} in {where} is not read ({why}); this run leaves it "
-                            f"at {default(key)}")
+                            f"at {key_default(key)}")
             del values[key]
     return values, warnings
