@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from greedy.analysis.context import analysis_settings
 from greedy.analysis.report import architecture_difference, json_safe, parse_names
@@ -32,7 +32,6 @@ from greedy.config import build_config, checked_values, load_yaml
 from greedy.datasets import (
     DataBundle,
     TensorImageDataset,
-    create_datasets,
     dataset_classes,
     dataset_info,
     device_data_supported,
@@ -40,7 +39,7 @@ from greedy.datasets import (
 from greedy.errors import UsageError, warn
 from greedy.models import GreedyNet, check_shapes, create_greedy_net
 from greedy.schema import Config, shared_values
-from greedy.session import run_training
+from greedy.session import config_data, run_training
 
 __all__ = ["GreedyNet", "TrainResult", "analyze", "create_net", "loader_data", "make_config", "tensor_data", "train"]
 
@@ -80,10 +79,7 @@ class TrainResult:
         as the run read it, unaugmented (normalization and validation split are functions of the config)."""
         if self.given_data is not None:
             return self.given_data
-        cfg = self.config
-        return create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment="none",
-                               download=cfg.download, val_split=cfg.val_split, split_seed=cfg.seed,
-                               norm=(cfg.norm_mean, cfg.norm_std))
+        return config_data(self.config, augment="none")
 
     @property
     def trained_heads(self) -> list[int]:
@@ -114,7 +110,7 @@ def tensor_data(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tens
     N x C x S x S (square), labels int N in 0..num_classes-1 (default: the largest label + 1). Raises UsageError
     for other shapes or labels."""
     for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        if not (isinstance(x, torch.Tensor) and x.ndim == 4 and x.is_floating_point() and x.shape[2] == x.shape[3]):
+        if not _square_images(x):
             raise UsageError(f"x_{name} must be a float tensor N x C x S x S (square images), got "
                              f"{getattr(x, 'dtype', type(x).__name__)} of shape {tuple(getattr(x, 'shape', ()))}")
         if not (isinstance(y, torch.Tensor) and y.ndim == 1 and len(y) == len(x) and not y.is_floating_point()):
@@ -128,9 +124,8 @@ def tensor_data(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tens
         if len(bad):
             raise UsageError(f"{name}: label {int(y[bad[0]])} at index {int(bad[0])} is outside 0..{classes - 1}; "
                              "labels are class indices (pass num_classes if some class has no example)")
-    channels = x_train.shape[1]
-    return DataBundle(TensorImageDataset(x_train.float(), y_train.long()), TensorImageDataset(x_test.float(),
-                      y_test.long()), classes, channels, x_train.shape[-1], (0.0,) * channels, (1.0,) * channels)
+    return _as_given(TensorImageDataset(x_train.float(), y_train.long()),
+                     TensorImageDataset(x_test.float(), y_test.long()), classes, x_train.shape)
 
 
 def loader_data(train_loader: DataLoader, test_loader: DataLoader, num_classes: int | None = None) -> DataBundle:
@@ -147,7 +142,7 @@ def loader_data(train_loader: DataLoader, test_loader: DataLoader, num_classes: 
                              "map-style Dataset (with __getitem__ and __len__) in the DataLoader")
     batch = next(iter(train_loader))
     x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
-    if not (isinstance(x, torch.Tensor) and x.ndim == 4 and x.is_floating_point() and x.shape[2] == x.shape[3]):
+    if not _square_images(x):
         raise UsageError("train_loader must yield (images, labels) batches with images a float tensor B x C x S x S "
                          f"(square), got {type(batch).__name__} {tuple(getattr(x, 'shape', ()))}")
     dataset = train_loader.dataset
@@ -158,9 +153,21 @@ def loader_data(train_loader: DataLoader, test_loader: DataLoader, num_classes: 
     if num_classes is None or num_classes < 2:
         raise UsageError(f"loader_data: the number of classes is not known from {type(dataset).__name__} (no classes "
                          "or targets attribute); pass num_classes")
-    channels = x.shape[1]
-    return DataBundle(dataset, test_loader.dataset, num_classes, channels, x.shape[-1], (0.0,) * channels,
-                      (1.0,) * channels, loaders=(train_loader, test_loader))
+    return _as_given(dataset, test_loader.dataset, num_classes, x.shape, (train_loader, test_loader))
+
+
+def _square_images(x: Any) -> bool:
+    """Whether `x` is a float tensor N x C x S x S (a batch of square images)."""
+    return isinstance(x, torch.Tensor) and x.ndim == 4 and x.is_floating_point() and x.shape[2] == x.shape[3]
+
+
+def _as_given(train: Dataset, test: Dataset, num_classes: int, shape: torch.Size,
+              loaders: Loaders | None = None) -> DataBundle:
+    """A DataBundle of images taken as the net is to see them (already normalized: mean 0, std 1 recorded), shaped
+    like `shape` (N x C x S x S)."""
+    channels = shape[1]
+    return DataBundle(train, test, num_classes, channels, shape[-1], (0.0,) * channels, (1.0,) * channels,
+                      loaders=loaders)
 
 
 def create_net(config: Mapping[str, Any] | str | Path | Config = (), *, num_classes: int | None = None,

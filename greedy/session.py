@@ -71,6 +71,14 @@ def check_model_shapes(cfg: Config, data: DataBundle | None = None) -> GreedyNet
     return check_shapes(cfg, in_chans, img_size, classes)
 
 
+def config_data(cfg: Config, augment: str) -> DataBundle:
+    """The config's data set as a run reads it (every data key: size, download, strictness, val_split drawn with
+    the run's seed, norm_mean / norm_std), its training split augmented with `augment`; raises UsageError."""
+    return create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment=augment, download=cfg.download,
+                           strict_data=cfg.strict_data, val_split=cfg.val_split, split_seed=cfg.seed,
+                           norm=(cfg.norm_mean, cfg.norm_std))
+
+
 def data_loaders(cfg: Config, data: DataBundle, accelerator, with_train: bool = True) -> tuple:
     """The run's (train, test) loaders: the caller's own (`data.loaders`), the data set on the accelerator
     (device_data) or torch DataLoaders; without `with_train` (an evaluation) (None, test)."""
@@ -187,10 +195,7 @@ def run_training(cfg: Config, run: RunDir | None, name: str, data: DataBundle | 
     set_seed(cfg.seed)  # the same initial weights on every rank
     use_cache = cache_enabled(cfg, say)
     if data is None:
-        data = create_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size,
-                               augment="none" if use_cache else cfg.augment, download=cfg.download,
-                               strict_data=cfg.strict_data, val_split=cfg.val_split, split_seed=cfg.seed,
-                               norm=(cfg.norm_mean, cfg.norm_std))
+        data = config_data(cfg, augment="none" if use_cache else cfg.augment)
     seen = data.for_training()  # with val_split, training evaluates and selects on it: the test set waits
     if cfg.num_classes not in (None, data.num_classes):
         raise UsageError(f"config key 'num_classes' is {cfg.num_classes} but {cfg.dataset} in {cfg.data_dir} "

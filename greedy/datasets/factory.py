@@ -103,7 +103,8 @@ def create_datasets(
                 "augment 'crop_flip' is for the in-memory datasets; "
                 f"use --augment imagenet or none for '{dataset}'"
             )
-        bundle = source.read(root, img_size or source.info.img_size, augment == "imagenet", strict_data, stats)
+        bundle = source.read(root, img_size or source.info.img_size, augment == "imagenet", strict_data,
+                             stats or source.stats)
         return _hold_out(bundle, val_split, split_seed)
     if augment == "imagenet":
         raise UsageError(

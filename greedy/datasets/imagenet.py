@@ -135,10 +135,10 @@ def class_folders(data_dir: Path, dataset: str) -> list[str]:
     return class_lists["train"]
 
 
-def read_image_folders(data_dir: Path, img_size: int, augment: bool, strict: bool = False,
-                       stats: Stats | None = None) -> DataBundle:
+def read_image_folders(data_dir: Path, img_size: int, augment: bool, strict: bool, stats: Stats) -> DataBundle:
     """``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` with timm-style transforms, normalized with
-    `stats` (per-channel (mean, std) for values in [0, 1]; default timm's ImageNet statistics)."""
+    `stats` (per-channel (mean, std) for values in [0, 1]: the config's, or the registered ImageNet statistics, as
+    the factory resolves them)."""
     class_folders(data_dir, "imagenet")
     eval_tf = imagenet_eval_transform(img_size, stats)
     datasets = {}
@@ -150,9 +150,7 @@ def read_image_folders(data_dir: Path, img_size: int, augment: bool, strict: boo
             datasets[split] = CheckedImageFolder(data_dir / split, transform=transform, strict=strict)
         except (FileNotFoundError, OSError) as err:
             raise UsageError(f"dataset 'imagenet': {one_line(err)} (in {data_dir / split})") from err
-    mean, std = stats or (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))
-    return DataBundle(datasets["train"], datasets["val"], len(datasets["train"].classes), 3, img_size,
-                      tuple(mean), tuple(std))
+    return DataBundle(datasets["train"], datasets["val"], len(datasets["train"].classes), 3, img_size, *stats)
 
 
 register_dataset("imagenet", DataSource(DatasetInfo(1000, 3, IMAGENET_DEFAULT_SIZE), read_image_folders,

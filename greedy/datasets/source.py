@@ -70,7 +70,7 @@ class DataSource:
     `read`, for an in-memory data set (`in_memory`): `(data_dir: Path, download: bool, img_size: int | None) ->
     RawData`, pixel values in [0, max_value]; the factory normalizes, resizes and wraps them. For image folders:
     `(data_dir: Path, img_size: int, augment: bool, strict: bool, stats) -> DataBundle`, `stats` the config's
-    (mean, std) or None. `stats`: the published
+    (mean, std), else the source's own. `stats`: the published
     per-channel (mean, std) of the training split for values in [0, 1]; None: computed from the training split.
     `files`: the reader needs `data_dir` (config refuses a missing one unless `download` is set and supported).
     """
